@@ -1,0 +1,198 @@
+"""Attention manipulation (AM) on the face branch of IP-Adapter's decoupled cross-attention.
+
+The IP-Adapter adds, to every attn2 output, λ·softmax(Q·K'ᵀ/√d)·V' where K', V' project the face
+tokens (T = 4 for FaceID / Plus / Plus-v2, 16 for Portrait). No host materialises those
+probabilities (they all call fused attention), so hosts call `ip_attention` for that branch and
+pass a transform. The text branch is never touched here.
+
+Shapes (diffusers naming):
+    q          (B, heads, L, d)   queries of the image tokens, L = H·W of the block
+    k, v       (B, heads, T, d)   face-token keys / values
+    attn       (B, heads, L, T)   face attention probabilities ("rows" = B)
+
+Everything is computed in fp32 and cast back to the query dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+
+from .config import FastFaceArgs
+from .schedule import softmask_params
+
+Tensor = torch.Tensor
+QUANTILE_FLOOR = 1e-6   # the authors clamp the quantile to ≥ 1e-6
+ADAIN_EPS = 1e-6        # added to the std in AdaIN, as in the authors' code
+
+
+class AttentionTransform(Protocol):
+    """Maps face attention probabilities (B, heads, L, T) to new values of the same shape.
+
+    `output_adain` (or None): weight w of the AdaIN blend applied to the branch output
+    A'·V' against the untransformed A·V (statistics over d_head)."""
+
+    output_adain: Optional[float]
+
+    def __call__(self, attn: Tensor) -> Tensor: ...
+
+
+def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionTransform] = None) -> Tensor:
+    """softmax(q·kᵀ/√d) [→ transform] · v, explicitly, in fp32; returns (B, heads, L, d)."""
+    qf, kf, vf = q.float(), k.float(), v.float()
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * (qf.shape[-1] ** -0.5)  # (B, h, L, T)
+    attn = scores.softmax(dim=-1)
+    if transform is None:
+        return torch.matmul(attn, vf).to(q.dtype)
+    out = torch.matmul(transform(attn), vf)
+    weight = getattr(transform, "output_adain", None)
+    if weight is not None and weight < 1.0:
+        out = adain_blend(out, torch.matmul(attn, vf), weight, dim=-1)
+    return out.to(q.dtype)
+
+
+def scale_power(attn: Tensor, s: float, p: float, clamp_max: float = 10.0) -> Tensor:
+    """AM1: min(s·Aᵖ, clamp_max), elementwise (the authors apply pow, then scale, then clamp).
+
+    Negative inputs (never produced by softmax) are floored at 0 so a fractional power cannot
+    produce NaN."""
+    a = attn.float().clamp_min(0.0)
+    return (a.pow(p) * s).clamp(max=clamp_max).to(attn.dtype)
+
+
+def quantile_along(x: Tensor, q: float, dim: int) -> Tensor:
+    """Linear-interpolation quantile along `dim` (keepdim), like torch.quantile's default, but
+    through a sort so it has no input-size limit (torch.quantile refuses > 2²⁴ elements)."""
+    n = x.shape[dim]
+    ordered = x.sort(dim=dim).values
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    lower = ordered.narrow(dim, lo, 1)
+    upper = ordered.narrow(dim, hi, 1)
+    return lower + (upper - lower) * frac
+
+
+def _group_min_max(x: Tensor, groups: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Min and max per token over (rows in the same group, heads, L); shaped (R, 1, 1, T)."""
+    rows, tokens = x.shape[0], x.shape[-1]
+    row_min = x.amin(dim=(1, 2))  # (R, T)
+    row_max = x.amax(dim=(1, 2))
+    if groups is None:
+        mn = row_min.amin(dim=0, keepdim=True).expand(rows, tokens)
+        mx = row_max.amax(dim=0, keepdim=True).expand(rows, tokens)
+    else:
+        _, inverse = torch.unique(groups.to(x.device), return_inverse=True)
+        n_groups = int(inverse.max()) + 1
+        index = inverse[:, None].expand(rows, tokens)
+        g_min = torch.full((n_groups, tokens), float("inf"), device=x.device).scatter_reduce(
+            0, index, row_min, reduce="amin")
+        g_max = torch.full((n_groups, tokens), float("-inf"), device=x.device).scatter_reduce(
+            0, index, row_max, reduce="amax")
+        mn, mx = g_min[inverse], g_max[inverse]
+    return mn[:, None, None, :], mx[:, None, None, :]
+
+
+def minmax_norm(x: Tensor, groups: Optional[Tensor] = None) -> Tensor:
+    """(x − min)/(max − min) per token, pooled over heads, L and the rows of one group.
+
+    groups=None pools every row of the call (the authors' `norm_attn_map`, which pools the whole
+    batch: all images and all three DCG branches). A constant pool (max = min) maps to 0 instead
+    of the authors' 0/0."""
+    mn, mx = _group_min_max(x, groups)
+    span = mx - mn
+    return torch.where(span > 0, (x - mn) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+def softmask(attn: Tensor, quantile: float, d: float, s: float, invert_first: bool = True,
+             clamp_max: float = 10.0, groups: Optional[Tensor] = None) -> Tensor:
+    """AM2's scheduled softmask on all face tokens (the authors' `adaptive_softmask` + `scale`).
+
+    1. token 0 ← 1 − token 0 (if `invert_first`): FaceID-Plus-v2's token 0 looks at the background;
+    2. q ← quantile of each (row, head, token) map over L, on these raw values, floored at 1e-6;
+    3. M ← norm(sigmoid(d·(norm(T) − q)))  — norm is `minmax_norm` with `groups` (see there);
+    4. M ← min(s·M, clamp_max);
+    5. token 0 ← max_L(token 0) − token 0 (per row and head) to undo step 1.
+    """
+    t = attn.float().clone()
+    if invert_first:
+        t[..., 0] = 1.0 - t[..., 0]
+    q = quantile_along(t, quantile, dim=2).clamp_min(QUANTILE_FLOOR)
+    mask = minmax_norm(torch.sigmoid(d * (minmax_norm(t, groups) - q)), groups)
+    mask = (s * mask).clamp(max=clamp_max)
+    if invert_first:
+        first = mask[..., 0]
+        mask[..., 0] = first.amax(dim=2, keepdim=True) - first
+    return mask.to(attn.dtype)
+
+
+def adain_blend(x: Tensor, reference: Tensor, weight: float, dim: int) -> Tensor:
+    """w·x + (1 − w)·AdaIN(x → statistics of `reference` along `dim`).
+
+    AdaIN(x) = (x − μ(x))/(σ(x) + 1e-6)·σ(ref) + μ(ref), σ unbiased. If that produces any
+    non-finite value (e.g. a single element along `dim`) x is returned unchanged, as the authors'
+    code does for the output."""
+    if weight >= 1.0 or x.shape[dim] < 2:
+        return x
+    xf, rf = x.float(), reference.float()
+    mean_x, std_x = xf.mean(dim=dim, keepdim=True), xf.std(dim=dim, keepdim=True)
+    mean_r, std_r = rf.mean(dim=dim, keepdim=True), rf.std(dim=dim, keepdim=True)
+    adain = (xf - mean_x) / (std_x + ADAIN_EPS) * std_r + mean_r
+    if not torch.isfinite(adain).all():
+        return x
+    return (weight * xf + (1.0 - weight) * adain).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class ScalePower:
+    s: float
+    p: float
+    clamp_max: float = 10.0
+    output_adain: Optional[float] = None
+
+    def __call__(self, attn: Tensor) -> Tensor:
+        return scale_power(attn, self.s, self.p, self.clamp_max)
+
+
+@dataclass(frozen=True)
+class Softmask:
+    quantile: float
+    d: float
+    s: float
+    invert_first: bool = True
+    clamp_max: float = 10.0
+    adain: float = 0.7
+    groups: Optional[Tensor] = None
+
+    @property
+    def output_adain(self) -> Optional[float]:
+        return self.adain
+
+    def __call__(self, attn: Tensor) -> Tensor:
+        masked = softmask(attn, self.quantile, self.d, self.s, self.invert_first, self.clamp_max, self.groups)
+        return adain_blend(masked, attn, self.adain, dim=-1)
+
+
+def part_enabled(args: FastFaceArgs, part: str) -> bool:
+    return {"down": args.am_down, "mid": args.am_mid, "up": args.am_up}[part]
+
+
+def transform_for(args: FastFaceArgs, part: str, step: int, total: int,
+                  groups: Optional[Tensor] = None) -> Optional[AttentionTransform]:
+    """The transform for one attn2 layer in UNet part `part` ('down' / 'mid' / 'up') at a step,
+    or None when AM leaves that layer alone (the host then keeps its own fused path).
+
+    `groups` (one id per row, e.g. the image index) limits the softmask's min-max pooling to the
+    rows of one image; None pools every row of the call, like the authors' code."""
+    if not args.enabled or args.am_mode == "off" or not part_enabled(args, part):
+        return None
+    if args.am_mode == "scale-power":
+        s = {"down": args.sp_s_down, "mid": args.sp_s_mid, "up": args.sp_s_up}[part]
+        return ScalePower(s=s, p=args.sp_p, clamp_max=args.clamp_max)
+    if args.am_mode == "softmask":
+        d, s = softmask_params(step, total, args)
+        return Softmask(quantile=args.sm_quantile, d=d, s=s, invert_first=args.sm_invert_first,
+                        clamp_max=args.clamp_max, adain=args.sm_adain, groups=groups)
+    raise ValueError(f"unknown AM mode {args.am_mode!r}")
