@@ -76,10 +76,11 @@ def quantile_along(x: Tensor, q: float, dim: int) -> Tensor:
 
 
 def _group_min_max(x: Tensor, groups: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Min and max per token over (rows in the same group, heads, L); shaped (R, 1, 1, T)."""
-    rows, tokens = x.shape[0], x.shape[-1]
-    row_min = x.amin(dim=(1, 2))  # (R, T)
-    row_max = x.amax(dim=(1, 2))
+    """Min and max per token over (rows in the same group, heads, L) of a token-major map
+    x (R, heads, T, L); shaped (R, 1, T, 1) to broadcast against it."""
+    rows, tokens = x.shape[0], x.shape[2]
+    row_min = x.amin(dim=(1, 3))  # (R, T)
+    row_max = x.amax(dim=(1, 3))
     if groups is None:
         mn = row_min.amin(dim=0, keepdim=True).expand(rows, tokens)
         mx = row_max.amax(dim=0, keepdim=True).expand(rows, tokens)
@@ -92,18 +93,45 @@ def _group_min_max(x: Tensor, groups: Optional[Tensor]) -> tuple[Tensor, Tensor]
         g_max = torch.full((n_groups, tokens), float("-inf"), device=x.device).scatter_reduce(
             0, index, row_max, reduce="amax")
         mn, mx = g_min[inverse], g_max[inverse]
-    return mn[:, None, None, :], mx[:, None, None, :]
+    return mn[:, None, :, None], mx[:, None, :, None]
+
+
+def _minmax_norm_token_major(x: Tensor, groups: Optional[Tensor]) -> Tensor:
+    mn, mx = _group_min_max(x, groups)
+    span = mx - mn
+    # 1/span on the small (R, 1, T, 1) statistics, so the full-size work is one subtract-multiply.
+    inv_span = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(span))
+    return (x - mn) * inv_span
+
+
+def _token_major(attn: Tensor) -> Tensor:
+    """(R, heads, L, T) → contiguous fp32 (R, heads, T, L): every reduction over L (quantile,
+    min/max) then runs along contiguous memory instead of a stride-T walk."""
+    return attn.float().transpose(-1, -2).contiguous()
 
 
 def minmax_norm(x: Tensor, groups: Optional[Tensor] = None) -> Tensor:
-    """(x − min)/(max − min) per token, pooled over heads, L and the rows of one group.
+    """(x − min)/(max − min) per token, pooled over heads, L and the rows of one group;
+    x is (R, heads, L, T).
 
     groups=None pools every row of the call (the authors' `norm_attn_map`, which pools the whole
     batch: all images and all three DCG branches). A constant pool (max = min) maps to 0 instead
     of the authors' 0/0."""
-    mn, mx = _group_min_max(x, groups)
-    span = mx - mn
-    return torch.where(span > 0, (x - mn) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    return _minmax_norm_token_major(_token_major(x), groups).transpose(-1, -2).to(x.dtype)
+
+
+def _softmask_token_major(t: Tensor, quantile: float, d: float, s: float, invert_first: bool,
+                          clamp_max: float, groups: Optional[Tensor]) -> Tensor:
+    """`softmask` on a token-major fp32 map t (R, heads, T, L); t is modified in place."""
+    if invert_first:
+        t[:, :, 0] = 1.0 - t[:, :, 0]
+    q = quantile_along(t, quantile, dim=3).clamp_min(QUANTILE_FLOOR)
+    mask = _minmax_norm_token_major(torch.sigmoid(d * (_minmax_norm_token_major(t, groups) - q)), groups)
+    mask = (s * mask).clamp(max=clamp_max)
+    if invert_first:
+        first = mask[:, :, 0]
+        mask[:, :, 0] = first.amax(dim=-1, keepdim=True) - first
+    return mask
 
 
 def softmask(attn: Tensor, quantile: float, d: float, s: float, invert_first: bool = True,
@@ -116,33 +144,36 @@ def softmask(attn: Tensor, quantile: float, d: float, s: float, invert_first: bo
     4. M ← min(s·M, clamp_max);
     5. token 0 ← max_L(token 0) − token 0 (per row and head) to undo step 1.
     """
-    t = attn.float().clone()
-    if invert_first:
-        t[..., 0] = 1.0 - t[..., 0]
-    q = quantile_along(t, quantile, dim=2).clamp_min(QUANTILE_FLOOR)
-    mask = minmax_norm(torch.sigmoid(d * (minmax_norm(t, groups) - q)), groups)
-    mask = (s * mask).clamp(max=clamp_max)
-    if invert_first:
-        first = mask[..., 0]
-        mask[..., 0] = first.amax(dim=2, keepdim=True) - first
-    return mask.to(attn.dtype)
+    mask = _softmask_token_major(_token_major(attn), quantile, d, s, invert_first, clamp_max, groups)
+    return mask.transpose(-1, -2).to(attn.dtype)
+
+
+def _centered_std(x: Tensor, dim: int, mean: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """(x − μ, unbiased σ) along `dim`, written out: torch.std over a short, strided axis (the 4
+    face tokens) is several times slower than these three elementwise passes."""
+    centered = x - (x.mean(dim=dim, keepdim=True) if mean is None else mean)
+    var = centered.square().sum(dim=dim, keepdim=True) / (x.shape[dim] - 1)
+    return centered, var.sqrt()
 
 
 def adain_blend(x: Tensor, reference: Tensor, weight: float, dim: int) -> Tensor:
     """w·x + (1 − w)·AdaIN(x → statistics of `reference` along `dim`).
 
-    AdaIN(x) = (x − μ(x))/(σ(x) + 1e-6)·σ(ref) + μ(ref), σ unbiased. If that produces any
-    non-finite value (e.g. a single element along `dim`) x is returned unchanged, as the authors'
-    code does for the output."""
+    AdaIN(x) = (x − μ(x))/(σ(x) + 1e-6)·σ(ref) + μ(ref), σ unbiased. If the statistics are not
+    finite (e.g. a single element along `dim`, or an infinite reference) x is returned unchanged,
+    as the authors' code does for the output."""
     if weight >= 1.0 or x.shape[dim] < 2:
         return x
     xf, rf = x.float(), reference.float()
-    mean_x, std_x = xf.mean(dim=dim, keepdim=True), xf.std(dim=dim, keepdim=True)
-    mean_r, std_r = rf.mean(dim=dim, keepdim=True), rf.std(dim=dim, keepdim=True)
-    adain = (xf - mean_x) / (std_x + ADAIN_EPS) * std_r + mean_r
-    if not torch.isfinite(adain).all():
+    centered_x, std_x = _centered_std(xf, dim)
+    mean_r = rf.mean(dim=dim, keepdim=True)
+    _, std_r = _centered_std(rf, dim, mean_r)
+    gain = std_r / (std_x + ADAIN_EPS)  # small: the statistics' shape
+    if not (torch.isfinite(gain).all() and torch.isfinite(mean_r).all()):
         return x
-    return (weight * xf + (1.0 - weight) * adain).to(x.dtype)
+    # w·x + (1 − w)·(centered·gain + μ_ref), as two fused full-size passes
+    blended = torch.addcmul(xf * weight + (1.0 - weight) * mean_r, centered_x, gain * (1.0 - weight))
+    return blended.to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -171,8 +202,11 @@ class Softmask:
         return self.adain
 
     def __call__(self, attn: Tensor) -> Tensor:
-        masked = softmask(attn, self.quantile, self.d, self.s, self.invert_first, self.clamp_max, self.groups)
-        return adain_blend(masked, attn, self.adain, dim=-1)
+        original = _token_major(attn)
+        masked = _softmask_token_major(original.clone(), self.quantile, self.d, self.s,
+                                       self.invert_first, self.clamp_max, self.groups)
+        # AdaIN on the map: statistics over the token axis (dim 2 in token-major layout).
+        return adain_blend(masked, original, self.adain, dim=2).transpose(-1, -2).to(attn.dtype)
 
 
 def part_enabled(args: FastFaceArgs, part: str) -> bool:

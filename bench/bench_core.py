@@ -1,0 +1,96 @@
+"""Core benchmark (a script, not a test): what the explicit face-branch attention and each AM
+transform cost next to the fused attention a host runs anyway, at SDXL attn2 shapes, on CPU; and
+how many UNet rows per image each preset evaluates, next to the authors' 3 rows on every step.
+
+    python bench/bench_core.py [--repeats 15] [--threads 2]
+
+A layer's cost without FastFace is text SDPA + fused IP SDPA; with FastFace it is text SDPA +
+explicit IP attention (+ transform). The ratios are medians of interleaved timings.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fastface.attention import ip_attention, transform_for  # noqa: E402
+from fastface.presets import PRESETS  # noqa: E402
+from fastface.schedule import rows_per_image  # noqa: E402
+
+ROWS, D_HEAD, TEXT_TOKENS = 3, 64, 77
+SHAPES = [(10, 4096), (20, 1024), (10, 1024), (20, 4096)]  # (heads, L): SDXL 64² and 32² blocks
+FACE_TOKENS = (4, 16)
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def bench_attention(repeats):
+    transforms = {
+        "none": None,
+        "scale-power": transform_for(PRESETS["Realistic"], "down", 1, 4),
+        "softmask": transform_for(PRESETS["Realistic portrait"], "down", 1, 4),
+    }
+    print(f"\n== face-branch attention, rows {ROWS}, d_head {D_HEAD}, text tokens {TEXT_TOKENS}, "
+          f"fp32, {torch.get_num_threads()} thread(s); median of {repeats} ==")
+    print(f"{'heads':>5} {'L':>5} {'T':>3} | {'text ms':>8} {'ip fused':>8} | "
+          + " | ".join(f"{name:>11} ms  layer×" for name in transforms))
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for heads, length in SHAPES:
+            q = torch.randn(ROWS, heads, length, D_HEAD, generator=g)
+            k_txt = torch.randn(ROWS, heads, TEXT_TOKENS, D_HEAD, generator=g)
+            v_txt = torch.randn(ROWS, heads, TEXT_TOKENS, D_HEAD, generator=g)
+            for tokens in FACE_TOKENS:
+                k_ip = torch.randn(ROWS, heads, tokens, D_HEAD, generator=g)
+                v_ip = torch.randn(ROWS, heads, tokens, D_HEAD, generator=g)
+                text = median_ms(lambda: F.scaled_dot_product_attention(q, k_txt, v_txt), repeats)
+                fused = median_ms(lambda: F.scaled_dot_product_attention(q, k_ip, v_ip), repeats)
+                cells = []
+                for name, t in transforms.items():
+                    ours = median_ms(lambda: ip_attention(q, k_ip, v_ip, t), repeats)
+                    layer_ratio = (text + ours) / (text + fused)
+                    cells.append(f"{ours:11.2f} ms {layer_ratio:7.2f}")
+                print(f"{heads:>5} {length:>5} {tokens:>3} | {text:8.2f} {fused:8.2f} | " + " | ".join(cells))
+    print("layer× = (text SDPA + explicit IP [+ transform]) / (text SDPA + fused IP SDPA) for one attn2 layer")
+
+
+def bench_rows():
+    print("\n== UNet rows per image (per step, then total) vs the authors' 3 rows on every step ==")
+    print(f"{'preset':<20} " + " ".join(f"{n:>2} step(s): per step{'':<12} total/authors" for n in (1, 2, 4, 8)))
+    for name, args in PRESETS.items():
+        cells = []
+        for total in (1, 2, 4, 8):
+            rows = rows_per_image(total, args)
+            per = "/".join(map(str, rows))
+            cells.append(f"{per:<28} {sum(rows):>2}/{3 * total:<2} = {sum(rows) / (3 * total):.2f}")
+        print(f"{name:<20} " + "   ".join(cells))
+    print("DCG off (Off, *only presets): the WebUI's own CFG rows (cond + uncond) are left as they are.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ns = parser.parse_args()
+    torch.set_num_threads(ns.threads)
+    bench_rows()
+    bench_attention(ns.repeats)
+
+
+if __name__ == "__main__":
+    main()
