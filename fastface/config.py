@@ -316,6 +316,8 @@ def from_script_args(script_args: Sequence[Any]) -> tuple[FastFaceArgs, list[Iss
     Accepts what A1111/Forge hand an AlwaysOn script: the UI's positional values in field order
     (possibly shorter, from older API clients), or a single dict of named fields (API)."""
     script_args = list(script_args)
+    if len(script_args) == 1 and isinstance(script_args[0], FastFaceArgs):  # from Python callers
+        return script_args[0].validated()
     if len(script_args) == 1 and isinstance(script_args[0], Mapping):
         return validate(script_args[0])
     if len(script_args) > len(FIELD_NAMES):

@@ -1,0 +1,154 @@
+"""Host-independent pieces of the WebUI integration: the per-job state, reversible patches, the
+"never fail a generation" guard and the optional trace. Imports nothing from a WebUI.
+
+One `Job` is created per generation (in the script's `process`) and hangs off the processing
+object `p`; nothing about a job lives in module globals. Patches go through a `PatchSet`, which
+remembers the original attribute and restores it on `undo()`; the live sets are also kept in a
+registry so a job that died half way (A1111 skips `postprocess` after an exception) is cleaned
+up at the start of the next one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..config import FastFaceArgs, Issue
+from ..infotext import INFOTEXT_KEY, to_infotext
+
+log = logging.getLogger("fastface")
+if not log.handlers:  # the WebUIs print to stdout; keep FastFace lines visible and prefixed
+    _handler = logging.StreamHandler(sys.stdout)
+    _handler.setFormatter(logging.Formatter("[FastFace] %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+NOTE_KEY = "FastFace note"
+TRACE_KEY = "FastFace trace"
+TRACE_ENV = "FASTFACE_TRACE"  # set to 1 on the server: per-step row counts and AM calls go to infotext
+
+
+class PatchSet:
+    """Attribute patches that can all be undone, newest first."""
+
+    live: "list[PatchSet]" = []  # sets not yet undone (undone at the next job if a job crashed)
+
+    def __init__(self, name: str):
+        self.name = name
+        self._undo: list[Callable[[], None]] = []
+        PatchSet.live.append(self)
+
+    def setattr(self, obj: Any, attr: str, value: Any) -> None:
+        """setattr(obj, attr, value), undone by restoring the object's *own* previous attribute
+        (or deleting it, so an instance patch falls back to the class again)."""
+        own = obj.__dict__  # a class's mappingproxy or an instance's dict
+        had, old = attr in own, own.get(attr)
+
+        def restore():
+            if had:
+                setattr(obj, attr, old)
+            elif attr in obj.__dict__:
+                delattr(obj, attr)
+
+        setattr(obj, attr, value)
+        self._undo.append(restore)
+
+    def on_undo(self, fn: Callable[[], None]) -> None:
+        self._undo.append(fn)
+
+    def undo(self) -> None:
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception as exc:  # undo as much as possible
+                log.warning("could not undo a patch (%s): %s", self.name, exc)
+        if self in PatchSet.live:
+            PatchSet.live.remove(self)
+
+    def __len__(self) -> int:
+        return len(self._undo)
+
+    @classmethod
+    def undo_all(cls) -> int:
+        count = 0
+        for patches in list(cls.live):
+            count += len(patches)
+            patches.undo()
+        return count
+
+
+@dataclass
+class Job:
+    """Everything FastFace knows about one generation."""
+
+    args: FastFaceArgs
+    host: str = ""
+    issues: list[Issue] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failed: Optional[str] = None      # set by `fail`: FastFace is off for the rest of the job
+    patches: Optional[PatchSet] = None
+    # trace: rows per (pass, step) and face-attention transforms per (pass, step, part)
+    rows: dict = field(default_factory=lambda: defaultdict(int))
+    am_calls: Counter = field(default_factory=Counter)
+    passes: int = 0
+    # host scratch for the running pass (set and cleared by the host adapter)
+    current_pass: Any = None
+    layer_part: Optional[str] = None     # UNet part of the attn2 layer now running
+    installed: set = field(default_factory=set)
+
+    @property
+    def active(self) -> bool:
+        return self.args.enabled and self.failed is None
+
+    def note(self, text: str) -> None:
+        """A one-time message: printed once and written to the infotext."""
+        if text not in self.notes:
+            self.notes.append(text)
+            log.info(text)
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """Turn FastFace off for this job after an internal error; the image still comes out."""
+        if self.failed is None:
+            self.failed = f"{where}: {type(exc).__name__}: {exc}"
+            log.error("internal error in %s (%s: %s); FastFace is off for the rest of this job",
+                      where, type(exc).__name__, exc)
+        if self.patches is not None:
+            self.patches.undo()
+
+    def infotext_params(self) -> dict[str, str]:
+        params = {INFOTEXT_KEY: to_infotext(self.args)}
+        notes = list(self.notes)
+        if self.failed:
+            notes.append("turned off after an internal error")
+        notes += [f"rejected {i}" for i in self.issues if i.rejected]
+        if notes:
+            params[NOTE_KEY] = "; ".join(n.replace(",", " ").replace(":", " -") for n in notes)
+        if os.environ.get(TRACE_ENV) == "1":
+            params[TRACE_KEY] = self.trace_json()
+        return params
+
+    def trace_json(self) -> str:
+        rows = {f"{pas}/{step}": n for (pas, step), n in sorted(self.rows.items())}
+        am = {f"{pas}/{step}/{part}": n for (pas, step, part), n in sorted(self.am_calls.items())}
+        return json.dumps({"rows": rows, "am": am}, separators=(",", ";"))
+
+
+def guarded(where: str, fallback: Callable[..., Any] | None = None):
+    """Decorator for host hooks that receive the job first: an exception turns FastFace off for
+    the job (one log line) and returns `fallback(*args)` (or None), so the generation goes on."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(job: Job, *args, **kwargs):
+            try:
+                return fn(job, *args, **kwargs)
+            except Exception as exc:
+                job.fail(where, exc)
+                return fallback(*args, **kwargs) if fallback is not None else None
+        return inner
+    return wrap

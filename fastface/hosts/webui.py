@@ -1,0 +1,228 @@
+"""The WebUI side shared by A1111 and Forge: the accordion, paste fields, XYZ axes, callbacks and
+the job life cycle. The thin script in `scripts/` forwards to these functions; the host adapter
+(`a1111` or `forge`) is chosen per job from the loaded model.
+
+Everything here imports the WebUI lazily inside functions (`modules`, `gradio`), so the module
+itself imports anywhere and the tests can drive it with stand-ins.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, FastFaceArgs, field_kind,
+                      from_script_args, meta, validate)
+from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
+from ..presets import PRESETS, apply_preset
+from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
+
+TITLE = "FastFace"
+XYZ_PREFIX = "[FastFace] "
+XYZ_FIELDS = ("preset", "alpha_peak", "beta_peak", "phi", "am_mode", "sp_s_down", "sp_s_up", "sp_p",
+              "sm_quantile", "sm_d_later", "enabled")
+DEFAULTS = FastFaceArgs()
+
+
+def host_for(p):
+    """The host adapter for this job: Forge when the model carries Forge's patchers."""
+    if hasattr(getattr(p, "sd_model", None), "forge_objects"):
+        from . import forge
+        return forge
+    from . import a1111
+    return a1111
+
+
+# -- UI --------------------------------------------------------------------------------------------
+def _component(gr, name: str, elem_id):
+    m, kind = meta(name), field_kind(name)
+    common = dict(label=m["label"], elem_id=elem_id(name), tooltip=m["tip"])
+    value = ui_values(DEFAULTS)[name]
+    if kind == "bool":
+        return gr.Checkbox(value=value, **common)
+    if kind == "choice":
+        if name == "preset":
+            return gr.Dropdown(choices=list(m["choices"]), value=value, **common)
+        return gr.Radio(choices=list(m["choices"]), value=value, **common)
+    if kind == "list":
+        return gr.Textbox(value=value, lines=1, **common)
+    return gr.Slider(minimum=m["lo"], maximum=m["hi"], step=m["step"], value=value, **common)
+
+
+_LAYOUT = (
+    ("Guidance (DCG)", ("dcg", "alpha_peak", "beta_peak", "phi"),
+     ("schedule", "alpha_custom", "beta_custom", "rescale_steps")),
+    ("Attention (AM)", ("am_mode", "sp_s_down", "sp_s_up", "sp_p", "sm_quantile", "sm_d_later"),
+     ("sp_s_mid", "sm_d_first", "sm_s_first", "sm_s_later", "sm_adain", "sm_invert_first", "am_down",
+      "am_mid", "am_up", "clamp_max")),
+)
+
+
+def build_ui(script, is_img2img: bool) -> list:
+    """The accordion; returns the components in `FIELD_NAMES` order (the script's args).
+
+    Side-effect free apart from attributes on `script` (A1111 calls ui() several times)."""
+    import gradio as gr
+    from modules.ui_components import InputAccordion
+
+    elem_id = lambda name: script.elem_id(name)  # noqa: E731
+    comps: dict[str, Any] = {}
+    with InputAccordion(False, label=TITLE, elem_id=elem_id("enabled")) as enabled:
+        comps["enabled"] = enabled
+        comps["preset"] = _component(gr, "preset", elem_id)
+        for title, main, advanced in _LAYOUT:
+            with gr.Accordion(title, open=True, elem_id=elem_id(title.split()[0].lower())):
+                with gr.Row():
+                    for name in main:
+                        comps[name] = _component(gr, name, elem_id)
+                with gr.Accordion("Advanced", open=False):
+                    with gr.Row():
+                        for name in advanced:
+                            comps[name] = _component(gr, name, elem_id)
+        comps["hires"] = _component(gr, "hires", elem_id)
+    assert set(comps) == set(FIELD_NAMES), set(FIELD_NAMES) ^ set(comps)
+
+    method_components = [comps[n] for n in METHOD_FIELDS]
+
+    def fill_from_preset(preset_name):
+        values = ui_values(PRESETS.get(preset_name, DEFAULTS))
+        return [gr.update(value=values[n]) for n in METHOD_FIELDS]
+
+    # .input, not .change: pasting infotext sets the preset *and* the fields; only a user's pick
+    # of a preset should overwrite the fields.
+    comps["preset"].input(fn=fill_from_preset, inputs=[comps["preset"]], outputs=method_components,
+                          show_progress=False)
+
+    script.infotext_fields = [(comps[n], functools.partial(_pasted_value, name=n)) for n in FIELD_NAMES]
+    script.paste_field_names = [paste_key(n) for n in FIELD_NAMES]
+    return [comps[n] for n in FIELD_NAMES]
+
+
+def _pasted_value(params, name):
+    return read_pasted(params, name)
+
+
+# -- job life cycle ---------------------------------------------------------------------------------
+def resolve_args(p, script_args) -> tuple[FastFaceArgs, list]:
+    """Script args (UI positional values or one API dict) plus XYZ overrides for this cell."""
+    args, issues = from_script_args(script_args)
+    overrides = dict(getattr(p, "fastface_xyz", None) or {})
+    if overrides:
+        if "preset" in overrides:
+            preset_args, more = validate({"preset": overrides.pop("preset")}, base=args)
+            issues += more
+            args = apply_preset(args, preset_args.preset)
+        overrides.setdefault("enabled", True)  # a FastFace axis means FastFace on, unless it says so
+        args, more = validate(overrides, base=args)
+        issues += more
+    return args, issues
+
+
+def process(p, *script_args) -> None:
+    """Script.process: resolve and validate args, start the job, write the infotext."""
+    stale = PatchSet.undo_all()
+    if stale:
+        log.warning("undid %d patch(es) left by a generation that did not finish", stale)
+    p.fastface_job = None
+    try:
+        args, issues = resolve_args(p, script_args)
+    except Exception as exc:  # never fail the generation
+        log.error("could not read FastFace's settings (%s); FastFace is off for this job", exc)
+        return
+    rejected = [i for i in issues if i.rejected]
+    for issue in issues:
+        (log.warning if issue.rejected else log.info)("setting %s", issue)
+    if rejected:
+        if args.enabled:
+            p.extra_generation_params[NOTE_KEY] = "off - rejected " + "; ".join(
+                str(i).replace(",", " ").replace(":", " -") for i in rejected)
+        return
+    if not args.enabled:
+        return
+    host = host_for(p)
+    job = Job(args=args, host=host.name, issues=issues, patches=PatchSet("FastFace job"))
+    p.fastface_job = job
+    params = job.infotext_params()
+    p.extra_generation_params[INFOTEXT_KEY] = params[INFOTEXT_KEY]
+    # notes and the trace are only known after sampling: A1111 and Forge call these when they
+    # build the infotext (a None result drops the key)
+    p.extra_generation_params[NOTE_KEY] = lambda **_: job.infotext_params().get(NOTE_KEY)
+    p.extra_generation_params[TRACE_KEY] = lambda **_: job.infotext_params().get(TRACE_KEY)
+
+
+def before_sampling(p, *script_args, **kwargs) -> None:
+    """Script.process_before_every_sampling: patch this pass (base, or hires)."""
+    job = getattr(p, "fastface_job", None)
+    if job is None or not job.active:
+        return
+    host = host_for(p)
+    try:
+        host.start_pass(job, p)
+    except Exception as exc:
+        job.fail(f"{host.name} set-up", exc)
+
+
+def postprocess(p, *args) -> None:
+    """Script.postprocess: undo every patch of the job."""
+    job = getattr(p, "fastface_job", None)
+    if job is not None:
+        host_for(p).end_job(job, p)
+
+
+# -- callbacks (registered once, at import of the script) --------------------------------------------
+def on_infotext_pasted(infotext: str, params: dict) -> None:
+    expand_pasted_params(params)
+
+
+def _xyz_module():
+    from modules import scripts
+
+    for data in scripts.scripts_data:
+        if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid"):
+            return data.module
+    return None
+
+
+def _xyz_apply(name):
+    def apply(p, x, xs):
+        p.fastface_xyz = {**(getattr(p, "fastface_xyz", None) or {}), name: x}
+    return apply
+
+
+def add_xyz_axes() -> None:
+    """[FastFace] axes in the XYZ plot script; added once (checked by label)."""
+    xyz = _xyz_module()
+    if xyz is None:
+        return
+    if any(getattr(o, "label", "").startswith(XYZ_PREFIX) for o in xyz.axis_options):
+        return
+    for name in XYZ_FIELDS:
+        m, kind = meta(name), field_kind(name)
+        label = XYZ_PREFIX + ("Enabled" if name == "enabled" else m["label"])
+        if kind == "choice":
+            option = xyz.AxisOption(label, str, _xyz_apply(name), choices=lambda m=m: list(m["choices"]))
+        elif kind == "bool":
+            option = xyz.AxisOption(label, str, _xyz_apply(name), choices=lambda: ["True", "False"])
+        else:
+            option = xyz.AxisOption(label, float, _xyz_apply(name))
+        xyz.axis_options.append(option)
+
+
+def register_callbacks() -> None:
+    from modules import script_callbacks
+
+    script_callbacks.on_infotext_pasted(on_infotext_pasted)
+    script_callbacks.on_before_ui(add_xyz_axes)
+    script_callbacks.on_script_unloaded(PatchSet.undo_all)
+    try:
+        from . import a1111
+        script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser)
+    except Exception as exc:  # pragma: no cover - defensive
+        log.warning("CFG denoiser hook not registered: %s", exc)
+    try:
+        from . import forge
+        forge.register_callbacks(script_callbacks)
+    except ImportError:
+        pass
+
+
+assert PRESET_NAMES == tuple(PRESETS)

@@ -1,0 +1,289 @@
+"""Small stand-ins for the parts of A1111 v1.10.1 and sd-webui-controlnet v1.1.455 that
+fastface.hosts.a1111 relies on. Written from the documented contracts and checked against the
+real code (read at A1111 82a973c0 and sd-webui-controlnet 56cec5b2); each class names the file and
+lines it mirrors. They keep the *behaviour that matters to FastFace* (row layout, read-back of the
+callback params, marker rows, k/v cache, hook order), not the models.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+POSITIVE_MARK_TOKEN, NEGATIVE_MARK_TOKEN, MARK_EPS = 1024.0, -1024.0, 1e-3  # controlnet scripts/hook.py
+C, HEADS, T_FACE = 8, 2, 4
+
+
+# --- modules.script_callbacks / modules.shared ------------------------------------------------------
+def install_fake_webui_modules(monkeypatch, empty_prompt):
+    """`modules`, `modules.shared` (opts, sd_model) and `modules.script_callbacks` in sys.modules."""
+    modules = types.ModuleType("modules")
+    shared = types.ModuleType("modules.shared")
+    shared.opts = SimpleNamespace(skip_early_cond=0.0, s_min_uncond_all=False, batch_cond_uncond=True)
+    shared.sd_model = SimpleNamespace(cond_stage_model_empty_prompt=empty_prompt)
+    callbacks = types.ModuleType("modules.script_callbacks")
+    callbacks.registered = {}
+    for name in ("on_cfg_denoiser", "on_infotext_pasted", "on_before_ui", "on_script_unloaded"):
+        setattr(callbacks, name, lambda fn, name=name: callbacks.registered.setdefault(name, []).append(fn))
+    modules.shared, modules.script_callbacks = shared, callbacks
+    for name, mod in (("modules", modules), ("modules.shared", shared), ("modules.script_callbacks", callbacks)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return shared, callbacks
+
+
+# --- sd-webui-controlnet: marks, attn hack, PlugableIPAdapter ------------------------------------------
+def mark(cond: torch.Tensor, positive: bool) -> torch.Tensor:
+    """hook.py mark_prompt_context L49-78: prepend a token filled with ±1024."""
+    token = POSITIVE_MARK_TOKEN if positive else NEGATIVE_MARK_TOKEN
+    return torch.cat([torch.zeros_like(cond[:, :1]) + token, cond], dim=1)
+
+
+def unmark(context: torch.Tensor):
+    """hook.py unmark_prompt_context L81-106: cond_mark 1 unless token 0 is −1024; strip token 0."""
+    m = (torch.mean(torch.abs(context[:, 0, :] - NEGATIVE_MARK_TOKEN), dim=1) > MARK_EPS).float()
+    return m[:, None, None, None], context[:, 1:, :]
+
+
+class ControlNetState:
+    """plugable_ipadapter.py's module globals `current_model` (holding cond_mark) and the hacks."""
+    cond_mark = None
+
+
+class FakeIPAdapterModel:
+    def __init__(self, is_faceid: bool, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.is_faceid, self.is_pulid = is_faceid, False
+        self.to_kvs = {}
+        for number in range(3):
+            for kind in ("k", "v"):
+                lin = torch.nn.Linear(C, C, bias=False)
+                with torch.no_grad():
+                    lin.weight.copy_(torch.randn(C, C, generator=g) * 0.5)
+                self.to_kvs[f"{number * 2 + 1}_to_{kind}_ip"] = lin
+        self.cond_emb = torch.randn(1, T_FACE, C, generator=g)
+        self.uncond_emb = torch.zeros(1, T_FACE, C)
+
+
+class PlugableIPAdapter:
+    """plugable_ipadapter.py L94-308: call_ip caches k/v per key for the whole generation (L176),
+    attn_eval dispatches to _attn_eval_ipadapter (L200-238, fused SDPA), patch_forward's closure
+    blends cond/uncond embeddings by cond_mark (ImageEmbed.eval) and scales by weight."""
+
+    def __init__(self, is_faceid=True, seed=0, weight=0.8):
+        self.ipadapter = FakeIPAdapterModel(is_faceid, seed)
+        self.cache = {}
+        self.weight = weight
+        self.eval_calls = 0
+
+    def call_ip(self, key, feat, device):
+        if key in self.cache:
+            return self.cache[key]
+        ip = self.ipadapter.to_kvs[key](feat).to(device)
+        self.cache[key] = ip
+        return ip
+
+    def attn_eval(self, hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v):
+        return self._attn_eval_ipadapter(hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim,
+                                         emb_to_k, emb_to_v)
+
+    def _attn_eval_ipadapter(self, hidden_states, query, emb, attn_heads, head_dim, emb_to_k, emb_to_v):
+        self.eval_calls += 1
+        batch = hidden_states.shape[0]
+        ip_k, ip_v = emb_to_k(emb), emb_to_v(emb)
+        ip_k, ip_v = (t.view(batch, -1, attn_heads, head_dim).transpose(1, 2) for t in (ip_k, ip_v))
+        out = F.scaled_dot_product_attention(query, ip_k, ip_v)
+        return out.transpose(1, 2).reshape(batch, -1, attn_heads * head_dim)
+
+    def patch_forward(self, number):
+        def forward(attn_blk, x, q):
+            m = ControlNetState.cond_mark
+            emb = self.ipadapter.cond_emb * m[:, :, :, 0] + self.ipadapter.uncond_emb * (1 - m[:, :, :, 0])
+            k_key, v_key = f"{number * 2 + 1}_to_k_ip", f"{number * 2 + 1}_to_v_ip"
+            out = self.attn_eval(x, q, emb, attn_blk.heads, x.shape[-1] // attn_blk.heads,
+                                 lambda e: self.call_ip(k_key, e, q.device), lambda e: self.call_ip(v_key, e, q.device))
+            return out * self.weight
+        return forward
+
+
+# --- the UNet ----------------------------------------------------------------------------------------
+class FakeAttn2(torch.nn.Module):
+    """ldm CrossAttention with ControlNet's attn_forward_hacked (plugable_ipadapter.py L19-50)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.heads = HEADS
+        self.to_q, self.to_k, self.to_v, self.to_out = (torch.nn.Linear(C, C, bias=False) for _ in range(4))
+        with torch.no_grad():
+            for lin in (self.to_q, self.to_k, self.to_v, self.to_out):
+                lin.weight.copy_(torch.randn(C, C, generator=g) * 0.4)
+        self.ipadapter_hacks = []
+
+    def forward(self, x, context):
+        b, _, inner = x.shape
+        q, k, v = (t.view(b, -1, self.heads, inner // self.heads).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, inner)
+        for hack in self.ipadapter_hacks:
+            out = out + hack(self, x, q)
+        return self.to_out(out)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        self.attn2 = FakeAttn2(seed)
+
+
+class FakeUNet(torch.nn.Module):
+    """A UNet-shaped toy: attn2 layers named like ldm's (input_blocks / middle_block /
+    output_blocks), ControlNet's unmarking at the top (hook.py forward L472-485)."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_blocks = torch.nn.ModuleList([Block(1)])
+        self.middle_block = Block(2)
+        self.output_blocks = torch.nn.ModuleList([Block(3)])
+        self.proj_in = torch.nn.Linear(4, C, bias=False)
+        self.proj_out = torch.nn.Linear(C, 4, bias=False)
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for lin in (self.proj_in, self.proj_out):
+                lin.weight.copy_(torch.randn(*lin.weight.shape, generator=g) * 0.5)
+        self.rows_seen = []
+
+    def attn_layers(self):
+        return [self.input_blocks[0].attn2, self.middle_block.attn2, self.output_blocks[0].attn2]
+
+    def forward(self, x, sigma, context):
+        self.rows_seen.append(x.shape[0])
+        ControlNetState.cond_mark, context = unmark(context)
+        h = self.proj_in(x.flatten(2).transpose(1, 2))
+        for attn in self.attn_layers():
+            h = h + attn(h, context)
+        return self.proj_out(h).transpose(1, 2).reshape(x.shape) * 0.1 + x * 0.5 / (1 + sigma.view(-1, 1, 1, 1))
+
+
+def hook_ip_adapter(unet: FakeUNet, adapter: PlugableIPAdapter):
+    """PlugableIPAdapter.hook L113-170: one closure per attn2, numbered input, output, middle."""
+    adapter.cache = {}
+    for number, layer in enumerate([unet.input_blocks[0].attn2, unet.output_blocks[0].attn2, unet.middle_block.attn2]):
+        layer.ipadapter_hacks.append(adapter.patch_forward(number))
+
+
+# --- the CFG denoiser and samplers -------------------------------------------------------------------
+def catenate_conds(conds):  # sd_samplers_cfg_denoiser.py L11-15
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return {key: torch.cat([x[key] for x in conds]) for key in conds[0].keys()}
+
+
+class CFGDenoiserParams:  # script_callbacks.py L45
+    def __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser):
+        self.x, self.image_cond, self.sigma = x, image_cond, sigma
+        self.sampling_step, self.total_sampling_steps = sampling_step, total_sampling_steps
+        self.text_cond, self.text_uncond, self.denoiser = text_cond, text_uncond, denoiser
+
+
+class CFGDenoiser(torch.nn.Module):
+    """sd_samplers_cfg_denoiser.py CFGDenoiser.forward L156-311, without masks, edit models,
+    refiner and previews: [cond rows..., uncond rows] → on_cfg_denoiser (read back x,
+    image_cond, sigma, text_cond, text_uncond) → skip tests → one call (or chunked call when the
+    token lengths differ) → combine_denoised. k-diffusion: the model returns x₀."""
+
+    def __init__(self, unet, callbacks, shared, sampler):
+        super().__init__()
+        self.unet, self.callbacks, self.shared, self.sampler = unet, callbacks, shared, sampler
+        self.step, self.steps, self.total_steps, self.p = 0, None, None, None
+
+    def inner_model(self, x, sigma, cond):
+        return self.unet(x, sigma, cond["c_crossattn"][0])
+
+    def combine_denoised(self, x_out, conds_list, uncond, cond_scale):  # L74-82
+        denoised_uncond = x_out[-uncond.shape[0]:]
+        denoised = torch.clone(denoised_uncond)
+        for i, conds in enumerate(conds_list):
+            for cond_index, weight in conds:
+                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * cond_scale)
+        return denoised
+
+    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond, conds_list):
+        batch_size = len(conds_list)
+        repeats = [len(c) for c in conds_list]
+        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
+        sigma_in = torch.cat([torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [sigma])
+        image_cond_in = torch.cat([torch.stack([image_cond[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [image_cond])
+        params = CFGDenoiserParams(x_in, image_cond_in, sigma_in, 0, 0, cond, uncond, self)
+        for fn in self.callbacks.registered.get("on_cfg_denoiser", []):
+            fn(params)
+        x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
+        tensor, uncond = params.text_cond, params.text_uncond
+        opts = self.shared.opts
+        skip_uncond = False
+        if opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond:
+            skip_uncond = True
+        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+            skip_uncond = True
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
+        make = lambda c: {"c_crossattn": [c]}  # noqa: E731
+        if tensor.shape[1] == uncond.shape[1] or skip_uncond:
+            cond_in = tensor if skip_uncond else catenate_conds([tensor, uncond])
+            x_out = self.inner_model(x_in, sigma_in, cond=make(cond_in))
+        else:
+            x_out = torch.zeros_like(x_in)
+            for a in range(0, tensor.shape[0], batch_size * 2):
+                b = min(a + batch_size * 2, tensor.shape[0])
+                x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make(tensor[a:b]))
+            x_out[-uncond.shape[0]:] = self.inner_model(x_in[-uncond.shape[0]:], sigma_in[-uncond.shape[0]:], cond=make(uncond))
+        if skip_uncond:
+            x_out = torch.cat([x_out, torch.cat([x_out[c[0][0]:c[0][0] + 1] for c in conds_list])])
+        denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0 if skip_uncond else cond_scale)
+        self.step += 1
+        return denoised
+
+
+class Sampler:
+    """sd_samplers_common.Sampler + a k-diffusion loop: `launch_sampling` sets steps/total_steps
+    (L265-268), the loop calls the model then `callback_state({'i': i})` (k_diffusion sampling.py
+    sample_euler / sample_heun: the callback comes right after the first model call of a step)."""
+
+    def __init__(self, unet, callbacks, shared, second_order=False):
+        self.model_wrap_cfg = CFGDenoiser(unet, callbacks, shared, self)
+        self.second_order = second_order
+        self.s_min_uncond = 0.0
+        self.callback_steps = []
+
+    def callback_state(self, d):
+        self.callback_steps.append(d["i"])
+
+    def sample(self, x, sigmas, cond, uncond, conds_list, cond_scale=1.0):
+        den = self.model_wrap_cfg
+        den.steps = len(sigmas) - 1
+        den.total_steps = den.steps * (2 if self.second_order else 1)
+        den.step = 0
+        image_cond = torch.zeros(x.shape[0], 1, 1, 1)
+        callback = self.callback_state  # looked up when sampling starts, like A1111's lambda
+
+        def model(x, sigma):
+            s = torch.full((x.shape[0],), float(sigma))
+            return den(x, s, uncond, cond, cond_scale, self.s_min_uncond, image_cond, conds_list)
+
+        outputs = []
+        for i in range(len(sigmas) - 1):
+            denoised = model(x, sigmas[i])
+            outputs.append(denoised)
+            callback({"i": i})
+            d = (x - denoised) / sigmas[i]
+            dt = sigmas[i + 1] - sigmas[i]
+            if not self.second_order or sigmas[i + 1] == 0:
+                x = x + d * dt
+            else:  # Heun
+                x2 = x + d * dt
+                denoised2 = model(x2, sigmas[i + 1])
+                d2 = (x2 - denoised2) / sigmas[i + 1]
+                x = x + (d + d2) / 2 * dt
+        return x, outputs
