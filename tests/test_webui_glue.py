@@ -1,0 +1,195 @@
+"""fastface.hosts.webui (UI, paste, API args, XYZ) with stand-ins for gradio and A1111's modules.
+
+The stand-ins follow A1111 v1.10.1: `InputAccordion` is a checkbox-valued context manager
+(modules/ui_components.py L88-130); components take `tooltip=` (modules/gradio_extensons.py L18);
+`infotext_fields` entries may be callables of the parsed params (modules/infotext_utils.py
+L476-516); XYZ's `AxisOption(label, type, apply, ..., choices=...)` and `axis_options`
+(scripts/xyz_grid.py L214-238), found through `scripts.scripts_data`.
+"""
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from fastface.config import FIELD_NAMES, FastFaceArgs, field_kind, meta
+from fastface.hosts import webui
+from fastface.hosts.common import NOTE_KEY, PatchSet
+from fastface.infotext import INFOTEXT_KEY, paste_key, to_infotext, ui_values
+from fastface.presets import PRESETS
+
+
+class FakeComponent:
+    def __init__(self, kind, value=None, **kwargs):
+        self.kind, self.value, self.kwargs, self.handlers = kind, value, kwargs, {}
+        self.elem_id, self.tooltip = kwargs.get("elem_id"), kwargs.get("tooltip")
+
+    def input(self, fn, inputs, outputs, **_):
+        self.handlers["input"] = (fn, inputs, outputs)
+
+    def change(self, fn, inputs, outputs, **_):
+        self.handlers["change"] = (fn, inputs, outputs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def fake_gradio(monkeypatch):
+    gr = types.ModuleType("gradio")
+    for kind in ("Checkbox", "Slider", "Radio", "Dropdown", "Textbox", "Accordion", "Row", "Group"):
+        setattr(gr, kind, lambda *a, kind=kind, **k: FakeComponent(kind, k.pop("value", None), **k))
+    gr.update = lambda **kw: {"__type__": "update", **kw}
+    ui_components = types.ModuleType("modules.ui_components")
+    ui_components.InputAccordion = lambda value, **k: FakeComponent("InputAccordion", value, **k)
+    modules = sys.modules.get("modules") or types.ModuleType("modules")
+    monkeypatch.setitem(sys.modules, "gradio", gr)
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.ui_components", ui_components)
+    return gr
+
+
+class FakeScript:
+    def elem_id(self, item):
+        return f"script_txt2img_fastface_{item}"
+
+
+def test_ui_returns_every_field_in_order_with_tooltips(fake_gradio):
+    script = FakeScript()
+    comps = webui.build_ui(script, False)
+    assert len(comps) == len(FIELD_NAMES)
+    defaults = ui_values(FastFaceArgs())
+    for name, comp in zip(FIELD_NAMES, comps):
+        assert comp.value == defaults[name], name
+        assert comp.elem_id == f"script_txt2img_fastface_{name}"
+        if name != "enabled":
+            assert comp.tooltip == meta(name)["tip"]
+        if field_kind(name) == "float":
+            assert comp.kind == "Slider" and (comp.kwargs["minimum"], comp.kwargs["maximum"]) == (meta(name)["lo"], meta(name)["hi"])
+    assert comps[0].kind == "InputAccordion" and comps[0].value is False
+    assert script.paste_field_names == [paste_key(n) for n in FIELD_NAMES]
+    assert [c for c, _ in script.infotext_fields] == comps
+
+
+def test_ui_can_be_built_again_without_side_effects(fake_gradio, monkeypatch):
+    before = dict(sys.modules)
+    webui.build_ui(FakeScript(), False)
+    webui.build_ui(FakeScript(), True)
+    assert not PatchSet.live
+    assert set(sys.modules) - set(before) <= {"fastface.hosts.webui"}
+
+
+def test_preset_pick_fills_the_method_controls(fake_gradio):
+    comps = dict(zip(FIELD_NAMES, webui.build_ui(FakeScript(), False)))
+    fn, inputs, outputs = comps["preset"].handlers["input"]
+    assert "change" not in comps["preset"].handlers  # pasting must not re-fill from the preset
+    updates = fn("Realistic portrait")
+    values = ui_values(PRESETS["Realistic portrait"])
+    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset")]
+    assert outputs == [comps[n] for n in names]
+    assert [u["value"] for u in updates] == [values[n] for n in names]
+
+
+def test_paste_fields_restore_every_control(fake_gradio):
+    script = FakeScript()
+    webui.build_ui(script, False)
+    args = PRESETS["Realistic portrait"].replace(alpha_peak=2.25, am_up=False, beta_custom=(1.0, 4.0))
+    ui_params = {"Steps": "4", INFOTEXT_KEY: to_infotext(args)}
+    webui.on_infotext_pasted("...", ui_params)            # UI path: callback first
+    api_params = {"Steps": "4", INFOTEXT_KEY: to_infotext(args)}  # API path: no callback
+    for params in (ui_params, api_params):
+        restored = {name: fn(params) for (_, fn), name in zip(script.infotext_fields, FIELD_NAMES)}
+        assert restored == ui_values(args)
+    off = {"Steps": "4"}
+    webui.on_infotext_pasted("...", off)
+    assert {n: fn(off) for (_, fn), n in zip(script.infotext_fields, FIELD_NAMES)}["enabled"] is False
+
+
+def job_p():
+    return SimpleNamespace(extra_generation_params={}, sd_model=SimpleNamespace())
+
+
+def test_process_writes_infotext_and_starts_a_job():
+    p = job_p()
+    webui.process(p, {"enabled": True, "preset": "Realistic", "alpha_peak": 2.0})
+    assert p.fastface_job is not None and p.fastface_job.args.alpha_peak == 2.0
+    assert p.extra_generation_params[INFOTEXT_KEY] == "preset=Realistic, a=2.0"
+    assert p.extra_generation_params[NOTE_KEY]() is None  # no notes: the key is dropped
+    p.fastface_job.note("hello")
+    assert p.extra_generation_params[NOTE_KEY]() == "hello"
+    PatchSet.undo_all()
+
+
+def test_positional_api_args_like_the_ui():
+    p = job_p()
+    args = PRESETS["Stylistic"].replace(phi=0.5)
+    values = list(ui_values(args).values())
+    webui.process(p, *values)
+    assert p.fastface_job.args == args
+    PatchSet.undo_all()
+
+
+def test_rejected_api_value_turns_fastface_off_and_says_why():
+    p = job_p()
+    webui.process(p, {"enabled": True, "preset": "Realistic", "am_mode": "sharpen"})
+    assert p.fastface_job is None
+    assert INFOTEXT_KEY not in p.extra_generation_params
+    note = p.extra_generation_params[NOTE_KEY]
+    assert "am_mode" in note and "sharpen" in note and "," not in note
+
+
+def test_disabled_writes_nothing():
+    p = job_p()
+    webui.process(p, {"enabled": False, "preset": "Realistic"})
+    assert p.fastface_job is None and p.extra_generation_params == {}
+
+
+class AxisOption:
+    def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None, prepare=None):
+        self.label, self.type, self.apply, self.choices = label, type, apply, choices
+
+
+@pytest.fixture
+def fake_xyz(monkeypatch):
+    xyz = types.ModuleType("xyz_grid.py")
+    xyz.AxisOption, xyz.axis_options = AxisOption, [AxisOption("Seed", int, None)]
+    script_class = type("Script", (), {"__module__": "xyz_grid.py"})
+    scripts = types.ModuleType("modules.scripts")
+    scripts.scripts_data = [SimpleNamespace(script_class=script_class, module=xyz)]
+    monkeypatch.setitem(sys.modules, "modules.scripts", scripts)
+    if "modules" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "modules", types.ModuleType("modules"))
+    monkeypatch.setattr(sys.modules["modules"], "scripts", scripts, raising=False)
+    return xyz
+
+
+def test_xyz_axes_registered_once_and_applied_per_cell(fake_xyz):
+    webui.add_xyz_axes()
+    webui.add_xyz_axes()
+    labels = [o.label for o in fake_xyz.axis_options if o.label.startswith("[FastFace]")]
+    assert len(labels) == len(set(labels)) == len(webui.XYZ_FIELDS)
+    by_label = {o.label: o for o in fake_xyz.axis_options}
+    preset_axis = by_label["[FastFace] Preset"]
+    assert preset_axis.choices() == list(PRESETS)
+    alpha_axis = by_label["[FastFace] α peak (identity)"]
+
+    base = job_p()
+    cells = []
+    for preset in ("Stylistic", "Realistic portrait"):
+        for alpha in (1.0, 2.0):
+            cell = SimpleNamespace(**vars(base))  # XYZ works on a shallow copy per cell
+            preset_axis.apply(cell, preset, None)
+            alpha_axis.apply(cell, alpha, None)
+            cells.append(webui.resolve_args(cell, [{"enabled": False, "preset": "Off"}])[0])
+    assert [(a.enabled, a.preset, a.alpha_peak, a.am_mode) for a in cells] == [
+        (True, "Stylistic", 1.0, "off"), (True, "Stylistic", 2.0, "off"),
+        (True, "Realistic portrait", 1.0, "softmask"), (True, "Realistic portrait", 2.0, "softmask")]
+    assert not hasattr(base, "fastface_xyz")
+
+    enabled_axis = by_label["[FastFace] Enabled"]
+    cell = SimpleNamespace(**vars(base))
+    enabled_axis.apply(cell, "False", None)
+    assert webui.resolve_args(cell, [{"enabled": True, "preset": "Realistic"}])[0].enabled is False
