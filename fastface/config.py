@@ -314,11 +314,13 @@ def from_script_args(script_args: Sequence[Any]) -> tuple[FastFaceArgs, list[Iss
     """The host script's argument tuple → args.
 
     Accepts what A1111/Forge hand an AlwaysOn script: the UI's positional values in field order
-    (possibly shorter, from older API clients), or a single dict of named fields (API)."""
+    (possibly shorter, from older API clients), or a dict of named fields first (API)."""
     script_args = list(script_args)
-    if len(script_args) == 1 and isinstance(script_args[0], FastFaceArgs):  # from Python callers
+    # A dict (API) or args object (Python callers) comes first; A1111's API fills the rest of the
+    # script's slots with the UI defaults, which are then ignored.
+    if script_args and isinstance(script_args[0], FastFaceArgs):
         return script_args[0].validated()
-    if len(script_args) == 1 and isinstance(script_args[0], Mapping):
+    if script_args and isinstance(script_args[0], Mapping):
         return validate(script_args[0])
     if len(script_args) > len(FIELD_NAMES):
         extra = len(script_args) - len(FIELD_NAMES)

@@ -135,3 +135,10 @@ def test_from_script_args_never_raises(values):
 def test_args_are_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         FastFaceArgs().alpha_peak = 2.0
+
+
+def test_api_dict_first_then_ui_defaults_is_read_as_the_dict():
+    """A1111's API puts the request's args at the script's first slots and keeps UI defaults after."""
+    defaults = [getattr(FastFaceArgs(), n) for n in FIELD_NAMES]
+    args, issues = from_script_args([{"enabled": True, "preset": "Stylistic"}] + defaults[1:])
+    assert not issues and args == PRESETS["Stylistic"]

@@ -29,6 +29,7 @@ What FastFace does per sampling pass (only when enabled, all undone after the jo
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -58,6 +59,7 @@ class PassState:
     calls: int = 0                   # model calls seen so far
     step: int = 0                    # sampler step of the current model call
     total: int = 1                   # sampler steps of this pass (known once sampling starts)
+    timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
     last_callback: Optional[int] = None
     callback_since_call: bool = False
     # set per model call by on_cfg_denoiser, read by the combination
@@ -79,7 +81,7 @@ def _sampler_step(st: PassState, den: Any) -> tuple[int, int]:
     a callback is the next step for first-order samplers, and the corrector of the same step for
     second-order ones (Heun, DPM2, DPM++ 2S a, DPM++ SDE); a call right after a call is the same
     step (first order: e.g. PLMS's start-up call) or the next step (second order)."""
-    total = max(int(getattr(den, "steps", None) or 1), 1)
+    total = max(int(st.timestep_count or getattr(den, "steps", None) or 1), 1)
     second_order = int(getattr(den, "total_steps", None) or total) >= 2 * total
     if st.calls == 0:
         step = 0
@@ -354,6 +356,19 @@ def start_pass(job: Job, p) -> None:
         return original_callback(d)
 
     patches.setattr(sampler, "callback_state", callback_state)
+    if st.eps_output and callable(getattr(sampler, "func", None)):
+        # A1111's DDIM / PLMS / UniPC loop over len(timesteps) − 1 steps, one fewer than the
+        # denoiser's `steps` (sd_samplers_timesteps_impl.py); read the real count from the call.
+        original_func = sampler.func
+
+        @functools.wraps(original_func)  # sample() inspects the signature for `timesteps`
+        def func(*a, **kw):
+            timesteps = kw.get("timesteps")
+            if timesteps is not None:
+                st.timestep_count = max(len(timesteps) - 1, 1)
+            return original_func(*a, **kw)
+
+        patches.setattr(sampler, "func", func)
     patches.setattr(den, "_fastface_pass", (job, st))
     if job.args.dcg:
         original_combine = den.combine_denoised

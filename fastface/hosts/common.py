@@ -136,7 +136,7 @@ class Job:
     def trace_json(self) -> str:
         rows = {f"{pas}/{step}": n for (pas, step), n in sorted(self.rows.items())}
         am = {f"{pas}/{step}/{part}": n for (pas, step, part), n in sorted(self.am_calls.items())}
-        return json.dumps({"rows": rows, "am": am}, separators=(",", ";"))
+        return json.dumps({"rows": rows, "am": am}, separators=(",", ":"))
 
 
 def guarded(where: str, fallback: Callable[..., Any] | None = None):

@@ -164,8 +164,17 @@ def before_sampling(p, *script_args, **kwargs) -> None:
 def postprocess(p, *args) -> None:
     """Script.postprocess: undo every patch of the job."""
     job = getattr(p, "fastface_job", None)
-    if job is not None:
-        host_for(p).end_job(job, p)
+    if job is None:
+        return
+    host_for(p).end_job(job, p)
+    # The infotext has been written with the callables; the API's `info` JSON serialises this dict
+    # later and would show null for them, so store the final values.
+    final = job.infotext_params()
+    for key in (NOTE_KEY, TRACE_KEY):
+        if key in final:
+            p.extra_generation_params[key] = final[key]
+        else:
+            p.extra_generation_params.pop(key, None)
 
 
 # -- callbacks (registered once, at import of the script) --------------------------------------------

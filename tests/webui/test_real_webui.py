@@ -1,0 +1,212 @@
+"""Opt-in: drive a real, running A1111 (with sd-webui-controlnet) or Forge through its HTTP API.
+
+Skipped unless FASTFACE_WEBUI_URL points at a server (e.g. http://127.0.0.1:7861) that has this
+extension installed and was started with FASTFACE_TRACE=1 (so the infotext carries FastFace's
+per-step row counts and attention-call counts). Random-weight checkpoints and FaceID adapters are
+fine; see README "Development".
+
+    FASTFACE_WEBUI_URL        the server
+    FASTFACE_BASELINE_FILE    optional: pixels of the reference request made by the same WebUI
+                              *without* the extension. Run the suite once against a server without
+                              the extension (only `test_baseline_without_extension` runs and writes
+                              the file), then against one with it (the test compares).
+    FASTFACE_FACEID_UNIT      JSON of the ControlNet unit to send (default: A1111 FaceID SD1.5 with a
+                              random precomputed embedding through `ipadapter_input`)
+    FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × six samplers (slow on CPU);
+                              default: a smaller cross-section
+"""
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import os
+import struct
+import urllib.request
+import zlib
+
+import pytest
+
+from fastface.config import PRESET_NAMES
+from fastface.presets import PRESETS
+from fastface.schedule import branches_needed
+
+URL = os.environ.get("FASTFACE_WEBUI_URL", "").rstrip("/")
+BASELINE_FILE = os.environ.get("FASTFACE_BASELINE_FILE", "")
+pytestmark = pytest.mark.skipif(not URL, reason="FASTFACE_WEBUI_URL not set (opt-in real-WebUI tests)")
+
+
+def has_fastface():
+    scripts = get(URL, "/sdapi/v1/scripts")
+    return "fastface" in [s.lower() for s in scripts["txt2img"]]
+
+
+@pytest.fixture(autouse=True)
+def _needs_extension(request):
+    if request.node.name != "test_baseline_without_extension" and not has_fastface():
+        pytest.skip("this server has no FastFace (baseline run)")
+
+SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "LCM"]
+STEPS = [1, 2, 4, 8]
+
+
+def post(url, path, payload, timeout=900):
+    req = urllib.request.Request(url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def get(url, path):
+    with urllib.request.urlopen(url + path, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def face_unit():
+    if os.environ.get("FASTFACE_FACEID_UNIT"):
+        return json.loads(os.environ["FASTFACE_FACEID_UNIT"])
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(7)), dim=-1), buf)
+    return {"enabled": True, "module": "ip-adapter_face_id", "model": "ip-adapter-faceid_sd15", "weight": 0.8,
+            "ipadapter_input": [base64.b64encode(buf.getvalue()).decode()]}
+
+
+def txt2img(fastface=None, url=None, unit=True, **overrides):
+    """POST txt2img (64×64, 4 steps, Euler, CFG 1, a FaceID unit); `fastface` is the script's arg."""
+    payload = {"prompt": "a photo of a person, portrait", "negative_prompt": "blurry", "steps": 4, "width": 64,
+               "height": 64, "cfg_scale": 1.0, "sampler_name": "Euler", "seed": 1234, "batch_size": 1,
+               "alwayson_scripts": {}}
+    payload.update(overrides)
+    if unit:
+        payload["alwayson_scripts"]["controlnet"] = {"args": [face_unit()]}
+    if fastface is not None:
+        payload["alwayson_scripts"]["FastFace"] = {"args": [fastface]}
+    resp = post(url or URL, "/sdapi/v1/txt2img", payload)
+    resp["info_json"] = json.loads(resp["info"])
+    return resp
+
+
+def infotext(resp):
+    return resp["info_json"]["infotexts"][0]
+
+
+def params(resp):
+    return resp["info_json"].get("extra_generation_params", {})
+
+
+def png_pixels(b64: str) -> bytes:
+    """The decompressed IDAT stream of a PNG: equal bytes ⇔ equal pixels (same encoder)."""
+    data = base64.b64decode(b64)
+    pos, idat = 8, b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos: pos + 8])
+        if kind == b"IDAT":
+            idat += data[pos + 8: pos + 8 + length]
+        pos += 12 + length
+    return zlib.decompress(idat)
+
+
+def trace(resp):
+    raw = params(resp).get("FastFace trace")
+    assert raw, "start the server with FASTFACE_TRACE=1"
+    return json.loads(raw)
+
+
+def test_script_is_registered():
+    scripts = get(URL, "/sdapi/v1/scripts")
+    assert "fastface" in [s.lower() for s in scripts["txt2img"]] and "fastface" in [s.lower() for s in scripts["img2img"]]
+
+
+def _matrix():
+    if os.environ.get("FASTFACE_MATRIX") == "full":
+        return list(itertools.product(PRESET_NAMES, STEPS, SAMPLERS))
+    return [(p, s, m) for (p, s), m in zip(itertools.product(PRESET_NAMES, STEPS), itertools.cycle(SAMPLERS))]
+
+
+@pytest.mark.parametrize("preset,steps,sampler", _matrix())
+def test_generation_and_rows_per_step(preset, steps, sampler):
+    resp = txt2img({"enabled": True, "preset": preset}, steps=steps, sampler_name=sampler)
+    assert resp["images"], resp["info"]
+    assert "FastFace: " in infotext(resp) and f"preset={preset}" in infotext(resp)
+    assert "internal error" not in params(resp).get("FastFace note", "")
+    rows = trace(resp)["rows"]
+    args = PRESETS[preset]
+    if sampler == "DDIM":  # A1111's timestep samplers make len(timesteps) − 1 = steps − 1 model steps
+        steps -= 1
+    expected = [branches_needed(k, steps, args).rows_per_image for k in range(steps)]
+    if not args.dcg:
+        expected = [2] * steps  # the WebUI's own cond + uncond
+    if steps == 0:
+        assert rows == {}
+        return
+    if sampler == "DPM++ SDE":  # second order: the rows of a step's two evaluations add up
+        got = [rows.get(f"0/{k}", 0) for k in range(steps)]
+        calls = [2] * (steps - 1) + [1]
+        assert got == [e * c for e, c in zip(expected, calls)] or got == [e * 2 for e in expected], (rows, expected)
+    else:
+        assert [rows[f"0/{k}"] for k in range(steps)] == expected, (rows, expected)
+
+
+def test_attention_transform_reaches_down_and_up_not_mid():
+    resp = txt2img({"enabled": True, "preset": "Realistic"})
+    parts = {key.split("/")[2] for key in trace(resp)["am"]}
+    assert parts == {"down", "up"}, trace(resp)
+    steps = {key.split("/")[1] for key in trace(resp)["am"]}
+    assert steps == {"0", "1", "2", "3"}
+
+
+def test_hires_fix_and_batch_two():
+    resp = txt2img({"enabled": True, "preset": "Realistic"}, batch_size=2, enable_hr=True, hr_scale=1.5,
+                   hr_second_pass_steps=2, denoising_strength=0.5, hr_upscaler="Latent")
+    assert len(resp["images"]) == 2
+    rows = trace(resp)["rows"]
+    assert [rows["0/0"], rows["0/1"], rows["0/2"], rows["0/3"]] == [4, 6, 6, 4]
+    assert [rows["1/0"], rows["1/1"]] == [4, 4]  # hires pass: 2 steps, none boosted
+
+
+def test_invalid_value_switches_fastface_off_and_says_why():
+    resp = txt2img({"enabled": True, "preset": "Realistic", "am_mode": "sharpen"})
+    assert resp["images"]
+    note = params(resp).get("FastFace note", "")
+    assert "am_mode" in note and "sharpen" in note
+    assert "FastFace: " not in infotext(resp)
+
+
+def test_api_infotext_field_restores_fastface():
+    made = txt2img({"enabled": True, "preset": "Stylistic", "alpha_peak": 2.0})
+    line = infotext(made).splitlines()[-1]
+    again = txt2img(None, infotext=line)
+    assert "FastFace: " in infotext(again)
+    assert 'preset=Stylistic, a=2.0' in infotext(again)
+
+
+def test_disabled_is_pixel_identical_and_jobs_leave_nothing_behind():
+    off = txt2img({"enabled": False, "preset": "Realistic"})
+    for i in range(20):
+        txt2img({"enabled": i % 2 == 0, "preset": "Realistic"}, steps=2)
+    off_again = txt2img({"enabled": False, "preset": "Realistic"})
+    assert png_pixels(off["images"][0]) == png_pixels(off_again["images"][0])
+
+
+def test_baseline_without_extension():
+    """Disabled FastFace gives the same pixels as the WebUI without the extension (two runs)."""
+    if not BASELINE_FILE:
+        pytest.skip("FASTFACE_BASELINE_FILE not set")
+    if not has_fastface():
+        with open(BASELINE_FILE, "wb") as f:
+            f.write(png_pixels(txt2img(None)["images"][0]))
+        pytest.skip(f"baseline written to {BASELINE_FILE}; now run against a server with FastFace")
+    if not os.path.exists(BASELINE_FILE):
+        pytest.skip("no baseline yet: run once against the WebUI without the extension")
+    with open(BASELINE_FILE, "rb") as f:
+        baseline = f.read()
+    assert png_pixels(txt2img({"enabled": False, "preset": "Realistic"})["images"][0]) == baseline
+    assert png_pixels(txt2img(None)["images"][0]) == baseline
+
+
+def test_fastface_changes_the_image():
+    off = txt2img({"enabled": False, "preset": "Realistic"})
+    on = txt2img({"enabled": True, "preset": "Realistic"})
+    assert png_pixels(off["images"][0]) != png_pixels(on["images"][0])
