@@ -287,3 +287,50 @@ class Sampler:
                 d2 = (x2 - denoised2) / sigmas[i + 1]
                 x = x + (d + d2) / 2 * dt
         return x, outputs
+
+
+class CFGDenoiserTimesteps(CFGDenoiser):
+    """sd_samplers_timesteps.py L47-72: the same forward, but the model returns ε and the
+    "sigma" argument is the integer timestep."""
+
+    alphas = torch.linspace(0.999, 0.01, 1000)
+
+    def inner_model(self, x, t, cond):
+        return self.unet(x, t / 1000.0, cond["c_crossattn"][0])  # read as ε
+
+
+def ddim_like(model, x, timesteps, extra_args=None, callback=None, disable=None):
+    """sd_samplers_timesteps_impl.py ddim L12-41: len(timesteps) − 1 model steps, callback each."""
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = model(x, timesteps[index])
+        x = x - 0.1 * e_t
+        callback({"i": i})
+    return x
+
+
+class TimestepSampler(Sampler):
+    """sd_samplers_timesteps.py CompVisSampler.sample L141-163: passes `timesteps` only if the
+    sampler function's signature has it (inspect.signature), then launch_sampling(steps)."""
+
+    def __init__(self, unet, callbacks, shared):
+        super().__init__(unet, callbacks, shared)
+        self.model_wrap_cfg = CFGDenoiserTimesteps(unet, callbacks, shared, self)
+        self.func = ddim_like
+
+    def sample_timesteps(self, x, steps, cond, uncond, conds_list, cond_scale=1.0):
+        import inspect
+
+        den = self.model_wrap_cfg
+        timesteps = list(range(1, 1000, 1000 // steps))
+        kwargs = {"timesteps": timesteps} if "timesteps" in inspect.signature(self.func).parameters else {}
+        den.steps, den.total_steps, den.step = steps, steps, 0
+        image_cond = torch.zeros(x.shape[0], 1, 1, 1)
+        outputs = []
+
+        def model(x, t):
+            out = den(x, torch.full((x.shape[0],), float(t)), uncond, cond, cond_scale, 0.0, image_cond, conds_list)
+            outputs.append(out)
+            return out
+
+        return self.func(model, x, callback=self.callback_state, **kwargs), outputs

@@ -284,3 +284,33 @@ def test_skipped_uncond_uses_alpha_one(host):
     _, job = run(p, PRESETS["Stylistic"])
     assert job.failed is None
     assert any("skipped the negative prompt" in n for n in job.notes)
+
+
+def test_timestep_sampler_eps_combination_and_real_step_count(host):
+    """DDIM-style samplers return ε and run len(timesteps) − 1 steps: 4 requested → 3 run."""
+    from fastface.guidance import dcg_eps
+    args = PRESETS["Stylistic"]
+    p, unet, adapters = make_job(host)
+    p.sampler = cn.TimestepSampler(unet, host.callbacks, host.shared)
+    pos, neg = text(1), text(2)
+    webui.process(p, args)
+    webui.before_sampling(p)
+    seen = []
+    den = p.sampler.model_wrap_cfg
+    original = den.forward
+    den.forward = lambda x, t, *rest: (seen.append((x.clone(), t.clone())), original(x, t, *rest))[1]
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    _, outputs = p.sampler.sample_timesteps(x, 4, cn.mark(pos, True), cn.mark(neg, False), [[(0, 1.0)]])
+    job = p.fastface_job
+    webui.postprocess(p, None)
+    assert job.failed is None
+    assert unet.rows_seen == [2, 3, 2]   # 3 real steps: boosted in the middle only
+    for step, ((xx, t), got) in enumerate(zip(seen, outputs)):
+        def call(ctx):
+            for a in adapters:
+                a.cache = {}
+            return unet(xx, t / 1000.0, ctx)
+        alpha, beta = alpha_beta(step, 3, args)
+        expected = dcg_eps(call(cn.mark(neg, False)), call(cn.mark(neg, True)), call(cn.mark(pos, True)),
+                           alpha, beta, rescale_phi(step, 3, args))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
