@@ -10,8 +10,9 @@ fine; see README "Development".
                               *without* the extension. Run the suite once against a server without
                               the extension (only `test_baseline_without_extension` runs and writes
                               the file), then against one with it (the test compares).
-    FASTFACE_FACEID_UNIT      JSON of the ControlNet unit to send (default: A1111 FaceID SD1.5 with a
+    FASTFACE_FACEID_UNIT      JSON of the ControlNet unit to send (default: A1111 FaceID with a
                               random precomputed embedding through `ipadapter_input`)
+    FASTFACE_FACEID_MODEL     the default unit's model (default ip-adapter-faceid_sd15)
     FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × six samplers (slow on CPU);
                               default: a smaller cross-section
 """
@@ -69,7 +70,7 @@ def face_unit():
 
     buf = io.BytesIO()
     torch.save(torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(7)), dim=-1), buf)
-    return {"enabled": True, "module": "ip-adapter_face_id", "model": "ip-adapter-faceid_sd15", "weight": 0.8,
+    return {"enabled": True, "module": "ip-adapter_face_id", "model": os.environ.get("FASTFACE_FACEID_MODEL", "ip-adapter-faceid_sd15"), "weight": 0.8,
             "ipadapter_input": [base64.b64encode(buf.getvalue()).decode()]}
 
 
