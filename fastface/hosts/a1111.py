@@ -40,7 +40,7 @@ from ..attention import ip_attention, transform_for
 from ..blocks import unet_part
 from ..guidance import dcg_eps, dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
-from .common import Job, PatchSet, guarded, log
+from .common import Job, PatchSet, StepTracker, guarded, log
 
 name = "A1111"
 POSITIVE_MARK_TOKEN = 1024.0  # sd-webui-controlnet scripts/hook.py
@@ -49,19 +49,14 @@ MARK_EPS = 1e-3
 
 # -- per pass state ---------------------------------------------------------------------------
 @dataclass
-class PassState:
+class PassState(StepTracker):
     """One sampling pass (txt2img, img2img or hires) of one job."""
 
-    index: int
-    is_hires: bool
-    face: bool                       # a FaceID unit is active in sd-webui-controlnet
-    eps_output: bool                 # the denoiser returns ε (timestep samplers), else x₀
-    calls: int = 0                   # model calls seen so far
-    step: int = 0                    # sampler step of the current model call
-    total: int = 1                   # sampler steps of this pass (known once sampling starts)
+    index: int = 0
+    is_hires: bool = False
+    face: bool = False               # a FaceID unit is active in sd-webui-controlnet
+    eps_output: bool = False         # the denoiser returns ε (timestep samplers), else x₀
     timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
-    last_callback: Optional[int] = None
-    callback_since_call: bool = False
     # set per model call by on_cfg_denoiser, read by the combination
     layout: Optional[str] = None     # None (DCG not applied), "plain", "extra_id", "id_in_uncond"
     batch: int = 0
@@ -75,26 +70,8 @@ class PassState:
 
 
 def _sampler_step(st: PassState, den: Any) -> tuple[int, int]:
-    """(step, total) for the model call that is about to run.
-
-    k-diffusion calls `callback_state` after the *first* model call of a step. A call right after
-    a callback is the next step for first-order samplers, and the corrector of the same step for
-    second-order ones (Heun, DPM2, DPM++ 2S a, DPM++ SDE); a call right after a call is the same
-    step (first order: e.g. PLMS's start-up call) or the next step (second order)."""
-    total = max(int(st.timestep_count or getattr(den, "steps", None) or 1), 1)
-    second_order = int(getattr(den, "total_steps", None) or total) >= 2 * total
-    if st.calls == 0:
-        step = 0
-    elif st.callback_since_call:
-        step = st.last_callback if second_order else st.last_callback + 1
-    elif st.last_callback is None and st.calls > 0:
-        step = st.calls // (2 if second_order else 1)  # a sampler that never calls back
-    else:
-        step = st.step + 1 if second_order else st.step
-    st.calls += 1
-    st.callback_since_call = False
-    st.step = min(max(step, 0), total - 1)
-    return st.step, total
+    """(step, total) for the model call that is about to run (see `StepTracker`)."""
+    return st.on_model_call(st.timestep_count or getattr(den, "steps", None), getattr(den, "total_steps", None))
 
 
 # -- ControlNet discovery ------------------------------------------------------------------------
@@ -190,7 +167,6 @@ def _empty_prompt():
 def _arrange_rows(job: Job, st: PassState, params) -> None:
     den = params.denoiser
     step, total = _sampler_step(st, den)
-    st.total = total
     args = job.args
     st.layout = None
     uncond_rows = _crossattn(params.text_uncond).shape[0]
@@ -351,8 +327,7 @@ def start_pass(job: Job, p) -> None:
     original_callback = sampler.callback_state
 
     def callback_state(d):
-        st.last_callback = int(d.get("i", 0))
-        st.callback_since_call = True
+        st.on_callback(d.get("i", 0))
         return original_callback(d)
 
     patches.setattr(sampler, "callback_state", callback_state)

@@ -84,6 +84,45 @@ class PatchSet:
 
 
 @dataclass
+class StepTracker:
+    """Which sampler step a model call belongs to, from the sampler's callbacks, not call counts.
+
+    Both WebUIs pass `callback_state` to k-diffusion, which calls it after the *first* model call
+    of every step (k_diffusion/sampling.py; A1111 and Forge sd_samplers_common.py). So a call right
+    after a callback is the next step for first-order samplers and the corrector of the called-back
+    step for second-order ones (Heun, DPM2, DPM++ 2S a, DPM++ SDE: the WebUIs mark them with
+    total_steps = 2·steps); a call right after a call is the same step for first-order samplers
+    (PLMS's start-up call) and the next one for second-order samplers."""
+
+    calls: int = 0                   # model calls seen so far in this pass
+    step: int = 0                    # sampler step of the current model call
+    total: int = 1                   # sampler steps of this pass
+    last_callback: Optional[int] = None
+    callback_since_call: bool = False
+
+    def on_callback(self, step_index: int) -> None:
+        self.last_callback = int(step_index)
+        self.callback_since_call = True
+
+    def on_model_call(self, steps: int, total_steps: Optional[int]) -> tuple[int, int]:
+        """Advance for a model call of a pass of `steps` sampler steps; returns (step, total)."""
+        total = max(int(steps or 1), 1)
+        second_order = int(total_steps or total) >= 2 * total
+        if self.calls == 0:
+            step = 0
+        elif self.callback_since_call:
+            step = self.last_callback if second_order else self.last_callback + 1
+        elif self.last_callback is None:
+            step = self.calls // (2 if second_order else 1)  # a sampler that never calls back
+        else:
+            step = self.step + 1 if second_order else self.step
+        self.calls += 1
+        self.callback_since_call = False
+        self.step, self.total = min(max(step, 0), total - 1), total
+        return self.step, self.total
+
+
+@dataclass
 class Job:
     """Everything FastFace knows about one generation."""
 

@@ -230,8 +230,8 @@ def register_callbacks() -> None:
     try:
         from . import forge
         forge.register_callbacks(script_callbacks)
-    except ImportError:
-        pass
+    except Exception as exc:  # pragma: no cover - defensive
+        log.warning("Forge step hook not registered: %s", exc)
 
 
 assert PRESET_NAMES == tuple(PRESETS)
