@@ -156,7 +156,7 @@ def test_cfg1_uncond_is_a_real_negative_prediction(forge_env):
         rows = call["context"][[i for i, label in enumerate(call["labels"]) if label == 1]]
         assert torch.equal(rows, negative)
     assert forge_env.parser.encoded == [["blurry"]]
-    assert any("CFG 1" in note for note in run.job.notes)
+    assert not run.job.notes  # the usual case for distilled models: logged, not an infotext note
 
 
 def test_cfg1_negative_prompt_changes_the_image_with_fastface_only(forge_env):

@@ -55,7 +55,7 @@ from ..attention import ip_attention, transform_for
 from ..blocks import unet_part
 from ..guidance import dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
-from .common import Job, StepTracker
+from .common import Job, StepTracker, log
 
 name = "Forge"
 
@@ -571,7 +571,8 @@ def _start_pass(job: Job, p) -> None:
             uc = getattr(p, "hr_uc" if is_hires else "uc", "missing")
             if uc is None:   # CFG 1: Forge built no negative conditioning at all
                 st.negative = encode_negative(p, is_hires)
-                job.note("CFG 1: FastFace encoded the negative prompt for DCG")
+                # the normal case for distilled models: logged, not worth an infotext note
+                log.info("CFG 1: FastFace encoded the negative prompt for DCG")
     _install_step_tracking(job, p, st)
     if "rows" not in job.installed:
         job.installed.add("rows")
