@@ -314,3 +314,22 @@ def test_timestep_sampler_eps_combination_and_real_step_count(host):
         expected = dcg_eps(call(cn.mark(neg, False)), call(cn.mark(neg, True)), call(cn.mark(pos, True)),
                            alpha, beta, rescale_phi(step, 3, args))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_softmask_pools_per_image(host, monkeypatch):
+    """Rows [cond, id, uncond] × 2 images: the softmask's groups are the image of each row."""
+    p, unet, (adapter,) = make_job(host)
+    p.batch_size = 2
+    seen = []
+    real = a1111.transform_for
+    monkeypatch.setattr(a1111, "transform_for", lambda *a, **k: (seen.append(k.get("groups")), real(*a, **k))[1])
+    webui.process(p, PRESETS["Realistic portrait"])
+    webui.before_sampling(p)
+    job = p.fastface_job
+    job.layer_part = "down"
+    q, hidden = torch.randn(6, cn.HEADS, 4, cn.C // cn.HEADS), torch.randn(6, 4, cn.C)
+    emb = adapter.ipadapter.cond_emb.expand(6, -1, -1)
+    adapter.attn_eval(hidden, q, emb, cn.HEADS, cn.C // cn.HEADS,
+                      lambda e: adapter.call_ip("1_to_k_ip", e, q.device), lambda e: adapter.call_ip("1_to_v_ip", e, q.device))
+    webui.postprocess(p, None)
+    assert seen and seen[0].tolist() == [0, 1, 0, 1, 0, 1]

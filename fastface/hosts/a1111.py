@@ -56,6 +56,7 @@ class PassState(StepTracker):
     is_hires: bool = False
     face: bool = False               # a FaceID unit is active in sd-webui-controlnet
     eps_output: bool = False         # the denoiser returns ε (timestep samplers), else x₀
+    images: int = 1                  # images per batch (rows of one branch)
     timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
     # set per model call by on_cfg_denoiser, read by the combination
     layout: Optional[str] = None     # None (DCG not applied), "plain", "extra_id", "id_in_uncond"
@@ -253,7 +254,12 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
         if transform_layers and job.active and st is not None and part and is_faceid(self) \
                 and not getattr(self.ipadapter, "is_pulid", False):
             try:
-                transform = transform_for(job.args, part, st.step, st.total)
+                # rows are block-major [cond images, (id images,) uncond images]: row % images is
+                # the image, so the softmask pools the branches of one image, as Forge does
+                images = max(int(st.images), 1)
+                rows = hidden_states.shape[0]
+                groups = torch.arange(rows) % images if rows % images == 0 else None
+                transform = transform_for(job.args, part, st.step, st.total, groups=groups)
             except Exception as exc:
                 job.fail("A1111 attention transform", exc)
         if transform is None:
@@ -318,7 +324,7 @@ def start_pass(job: Job, p) -> None:
     face = any(is_faceid(a) for a in adapters)
     if not face and job.passes == 0:
         job.note("no FaceID unit in sd-webui-controlnet: DCG without the face branch, no attention transform")
-    st = PassState(index=job.passes, is_hires=is_hires, face=face,
+    st = PassState(index=job.passes, is_hires=is_hires, face=face, images=int(getattr(p, "batch_size", 1) or 1),
                    eps_output=type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
     job.passes += 1
     job.current_pass = st
