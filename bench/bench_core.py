@@ -5,7 +5,7 @@ how many UNet rows per image each preset evaluates, next to the authors' 3 rows 
     python bench/bench_core.py [--repeats 15] [--threads 2]
 
 A layer's cost without FastFace is text SDPA + fused IP SDPA; with FastFace it is text SDPA +
-explicit IP attention (+ transform). The ratios are medians of interleaved timings.
+explicit IP attention (+ transform). Timings are medians over rounds in which every variant runs once, in turn.
 """
 from __future__ import annotations
 
@@ -29,14 +29,18 @@ SHAPES = [(10, 4096), (20, 1024), (10, 1024), (20, 4096)]  # (heads, L): SDXL 64
 FACE_TOKENS = (4, 16)
 
 
-def median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median ms of each function, timed in turn within every round so that machine drift hits
+    all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def bench_attention(repeats):
@@ -58,13 +62,16 @@ def bench_attention(repeats):
             for tokens in FACE_TOKENS:
                 k_ip = torch.randn(ROWS, heads, tokens, D_HEAD, generator=g)
                 v_ip = torch.randn(ROWS, heads, tokens, D_HEAD, generator=g)
-                text = median_ms(lambda: F.scaled_dot_product_attention(q, k_txt, v_txt), repeats)
-                fused = median_ms(lambda: F.scaled_dot_product_attention(q, k_ip, v_ip), repeats)
-                cells = []
+                fns = {"text": lambda: F.scaled_dot_product_attention(q, k_txt, v_txt),
+                       "fused": lambda: F.scaled_dot_product_attention(q, k_ip, v_ip)}
                 for name, t in transforms.items():
-                    ours = median_ms(lambda: ip_attention(q, k_ip, v_ip, t), repeats)
-                    layer_ratio = (text + ours) / (text + fused)
-                    cells.append(f"{ours:11.2f} ms {layer_ratio:7.2f}")
+                    fns[name] = lambda t=t: ip_attention(q, k_ip, v_ip, t)
+                ms = interleaved_medians(fns, repeats)
+                text, fused = ms["text"], ms["fused"]
+                cells = []
+                for name in transforms:
+                    layer_ratio = (text + ms[name]) / (text + fused)
+                    cells.append(f"{ms[name]:11.2f} ms {layer_ratio:7.2f}")
                 print(f"{heads:>5} {length:>5} {tokens:>3} | {text:8.2f} {fused:8.2f} | " + " | ".join(cells))
     print("layer× = (text SDPA + explicit IP [+ transform]) / (text SDPA + fused IP SDPA) for one attn2 layer")
 

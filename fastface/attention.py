@@ -45,11 +45,41 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
     attn = scores.softmax(dim=-1)
     if transform is None:
         return torch.matmul(attn, vf).to(q.dtype)
-    out = torch.matmul(transform(attn), vf)
+    transformed = transform(attn)
+    out = torch.matmul(transformed, vf)
     weight = getattr(transform, "output_adain", None)
     if weight is not None and weight < 1.0:
-        out = adain_blend(out, torch.matmul(attn, vf), weight, dim=-1)
+        out = _output_adain(out, transformed, attn, vf, weight)
     return out.to(q.dtype)
+
+
+def _output_adain(out: Tensor, attn: Tensor, attn_orig: Tensor, v: Tensor, weight: float) -> Tensor:
+    """`adain_blend(out, attn_orig·v, weight, dim=-1)` without materialising attn_orig·v.
+
+    Every output row is a mix of the T value rows, so its statistics over d_head follow from
+    the map and v's own statistics: μ = A·m and σ² = A·C·Aᵀ, with m the mean of each value row and
+    C their (unbiased) covariance over d_head. That costs (L × T × T) instead of several passes
+    over (L × d_head), and the blend becomes one scale-and-shift of `out`."""
+    d = v.shape[-1]
+    if d < 2:
+        return out
+    mean_v = v.mean(dim=-1, keepdim=True)                       # (B, h, T, 1)
+    centered = v - mean_v
+    cov = torch.matmul(centered, centered.transpose(-1, -2)) / (d - 1)   # (B, h, T, T)
+
+    def stats(a):
+        mean = torch.matmul(a, mean_v)                           # (B, h, L, 1)
+        var = (torch.matmul(a, cov) * a).sum(dim=-1, keepdim=True)
+        return mean, var.clamp_min(0.0).sqrt()
+
+    mean_x, std_x = stats(attn)
+    mean_r, std_r = stats(attn_orig)
+    gain = std_r / (std_x + ADAIN_EPS)
+    scale = weight + (1.0 - weight) * gain
+    shift = (1.0 - weight) * (mean_r - mean_x * gain)
+    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+        return out
+    return torch.addcmul(shift, out, scale)
 
 
 def scale_power(attn: Tensor, s: float, p: float, clamp_max: float = 10.0) -> Tensor:
