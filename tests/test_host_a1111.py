@@ -333,3 +333,13 @@ def test_softmask_pools_per_image(host, monkeypatch):
                       lambda e: adapter.call_ip("1_to_k_ip", e, q.device), lambda e: adapter.call_ip("1_to_v_ip", e, q.device))
     webui.postprocess(p, None)
     assert seen and seen[0].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_error_while_arranging_rows_leaves_the_rows_consistent(host, monkeypatch):
+    """A failure half way through the row surgery must not hand A1111 mismatched rows."""
+    p, unet, _ = make_job(host)
+    monkeypatch.setattr(a1111, "_pad_tokens", lambda *a, **k: (_ for _ in ()).throw(ValueError("pad")))
+    (x, _), job = run(p, PRESETS["Stylistic"])
+    assert job.failed and "pad" in job.failed
+    assert torch.isfinite(x).all()
+    assert unet.rows_seen == [2, 2, 2, 2]   # stock rows from the failing step on

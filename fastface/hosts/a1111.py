@@ -193,11 +193,10 @@ def _arrange_rows(job: Job, st: PassState, params) -> None:
         id_rows = _with_positive_mark(params.text_uncond)
         tokens = max(_crossattn(params.text_cond).shape[1], _crossattn(id_rows).shape[1])
         empty = _empty_prompt()
-        text_cond = _pad_tokens(params.text_cond, tokens, empty)
-        params.text_cond = _cat([text_cond, _pad_tokens(id_rows, tokens, empty)])
-        params.x = torch.cat([params.x[:b], params.x[:b], params.x[b:]])
-        params.sigma = torch.cat([params.sigma[:b], params.sigma[:b], params.sigma[b:]])
-        params.image_cond = torch.cat([params.image_cond[:b], params.image_cond[:b], params.image_cond[b:]])
+        # build everything first, then assign: an error must leave A1111's rows consistent
+        text_cond = _cat([_pad_tokens(params.text_cond, tokens, empty), _pad_tokens(id_rows, tokens, empty)])
+        x, sigma, image_cond = (torch.cat([t[:b], t[:b], t[b:]]) for t in (params.x, params.sigma, params.image_cond))
+        params.text_cond, params.x, params.sigma, params.image_cond = text_cond, x, sigma, image_cond
         st.layout = "extra_id"
     elif face and need.id_only:
         params.text_uncond = _with_positive_mark(params.text_uncond)
