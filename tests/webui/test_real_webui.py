@@ -216,3 +216,17 @@ def test_fastface_changes_the_image():
     off = txt2img({"enabled": False, "preset": "Realistic"})
     on = txt2img({"enabled": True, "preset": "Realistic"})
     assert png_pixels(off["images"][0]) != png_pixels(on["images"][0])
+
+
+def test_xyz_preset_axis_applies_per_cell():
+    """The XYZ plot script with a `[FastFace] Preset` axis: each cell's infotext has its preset."""
+    info = get(URL, "/sdapi/v1/script-info")
+    xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    labels = next(a for a in xyz["args"] if a["label"] == "X type")["choices"]
+    assert labels.count("[FastFace] Preset") == 1, "axis registered once"
+    x_type = labels.index("[FastFace] Preset")
+    script_args = [x_type, "Stylistic, Realistic portrait", [], 0, "", [], 0, "", [], True, True, False,
+                   False, False, False, False, 0, False]
+    resp = txt2img({"enabled": False, "preset": "Realistic"}, script_name="x/y/z plot", script_args=script_args)
+    cells = [t for t in resp["info_json"]["infotexts"] if "FastFace: " in t]
+    assert any("preset=Stylistic" in t for t in cells) and any("preset=Realistic portrait" in t for t in cells)
