@@ -10,7 +10,7 @@ fine; see README "Development".
                               *without* the extension. Run the suite once against a server without
                               the extension (only `test_baseline_without_extension` runs and writes
                               the file), then against one with it (the test compares).
-    FASTFACE_FACEID_UNIT      JSON of the ControlNet unit to send (default: A1111 FaceID with a
+    FASTFACE_FACEID_UNIT      JSON (or a JSON file) of the ControlNet unit to send (default: A1111 FaceID with a
                               random precomputed embedding through `ipadapter_input`)
     FASTFACE_FACEID_MODEL     the default unit's model (default ip-adapter-faceid_sd15)
     FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × every sampler (slow on
@@ -68,8 +68,12 @@ def get(url, path):
 
 
 def face_unit():
-    if os.environ.get("FASTFACE_FACEID_UNIT"):
-        return json.loads(os.environ["FASTFACE_FACEID_UNIT"])
+    unit = os.environ.get("FASTFACE_FACEID_UNIT")
+    if unit:  # JSON, or the path of a JSON file (a base64 image is too long for an env variable)
+        if os.path.isfile(unit):
+            with open(unit) as f:
+                return json.load(f)
+        return json.loads(unit)
     import torch
 
     buf = io.BytesIO()
