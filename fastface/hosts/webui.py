@@ -220,6 +220,12 @@ def register_callbacks() -> None:
     from modules import script_callbacks
 
     script_callbacks.on_infotext_pasted(on_infotext_pasted)
+    # The XYZ script (root scripts/, loaded before extensions) is usually there already; API-only
+    # servers never run on_before_ui, so add the axes now and again before the UI (deduplicated).
+    try:
+        add_xyz_axes()
+    except Exception as exc:  # pragma: no cover - defensive
+        log.warning("XYZ axes not added: %s", exc)
     script_callbacks.on_before_ui(add_xyz_axes)
     script_callbacks.on_script_unloaded(PatchSet.undo_all)
     try:
