@@ -229,7 +229,8 @@ def test_xyz_preset_axis_applies_per_cell():
     labels = next(a for a in xyz["args"] if a["label"] == "X type")["choices"]
     assert labels.count("[FastFace] Preset") == 1, "axis registered once"
     x_type = labels.index("[FastFace] Preset")
-    script_args = [x_type, "Stylistic, Realistic portrait", [], 0, "", [], 0, "", [], True, True, False,
+    # an axis with choices takes its values from the dropdown list (xyz_grid.py run())
+    script_args = [x_type, "", ["Stylistic", "Realistic portrait"], 0, "", [], 0, "", [], True, True, False,
                    False, False, False, False, 0, False]
     resp = txt2img({"enabled": False, "preset": "Realistic"}, script_name="x/y/z plot", script_args=script_args)
     cells = [t for t in resp["info_json"]["infotexts"] if "FastFace: " in t]
