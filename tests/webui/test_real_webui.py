@@ -185,6 +185,9 @@ def test_invalid_value_switches_fastface_off_and_says_why():
 
 
 def test_api_infotext_field_restores_fastface():
+    if HOST == "forge":  # checked against a Forge without the extension: the same request fails
+        pytest.skip("Forge 2.0.1's API apply_infotext answers HTTP 500 to any `infotext` "
+                    "(isinstance() with a parameterized generic in api.py get_field_value)")
     made = txt2img({"enabled": True, "preset": "Stylistic", "alpha_peak": 2.0})
     line = infotext(made).splitlines()[-1]
     again = txt2img(None, infotext=line)
