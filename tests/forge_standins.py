@@ -251,7 +251,7 @@ class ToyUNet(torch.nn.Module):
 
     def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
         b, c, h, w = x.shape
-        tokens = x.reshape(b, c, h * w).transpose(1, 2)
+        tokens = x.reshape(b, c, h * w).transpose(1, 2).contiguous()
         extra = {k: v for k, v in transformer_options.items() if k not in ("patches", "patches_replace")}
         replace = transformer_options.get("patches_replace", {}).get("attn2", {})
         eps = torch.zeros_like(tokens)
