@@ -23,7 +23,8 @@ import forge_standins as fs
 STYLISTIC = PRESETS["Stylistic"]            # DCG, no attention transform
 REALISTIC = PRESETS["Realistic"]            # DCG + scale-power
 PORTRAIT = PRESETS["Realistic portrait"]    # DCG + softmask
-SIGMAS = {1: [3.0, 0.0], 2: [3.0, 1.0, 0.0], 4: [3.0, 1.5, 0.7, 0.3, 0.0]}
+SIGMAS = {1: [3.0, 0.0], 2: [3.0, 1.0, 0.0], 4: [3.0, 1.5, 0.7, 0.3, 0.0],
+          8: [3.0, 2.2, 1.5, 1.0, 0.7, 0.45, 0.3, 0.15, 0.0]}
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ class Run:
     """One txt2img job: after-LoRA patcher → ControlNet IP-Adapter clone → FastFace → sampler."""
 
     def __init__(self, args, *, face=True, cfg=1.0, negative="ugly", batch=1, steps=4, second_order=False,
-                 prior=None, fastface=True, adapter=None, post_cfg=None):
+                 prior=None, fastface=True, adapter=None, post_cfg=None, control=None, wrapper=None):
         self.model = fs.KModel(fs.ToyUNet())
         base = fs.UnetPatcher(self.model)
         self.p = fs.Processing(base, ["a face"] * batch, [negative] * batch, cfg_scale=cfg, steps=steps)
@@ -58,6 +59,7 @@ class Run:
         self.cfg, self.steps, self.batch = cfg, steps, batch
         self.args = args
         self.prior, self.post_cfg = prior, post_cfg
+        self.control, self.wrapper = control, wrapper
         self.job = Job(args=args, host="Forge", patches=PatchSet("test job")) if fastface else None
         self.p.fastface_job = self.job
         self.sampler = fs.Sampler(self.p, [forge.on_cfg_denoiser], second_order=second_order)
@@ -72,6 +74,10 @@ class Run:
             objects.unet.set_model_sampler_cfg_function(self.prior)
         if self.post_cfg is not None:
             objects.unet.set_model_sampler_post_cfg_function(self.post_cfg)
+        if self.control is not None:
+            objects.unet.controlnet_linked_list = self.control
+        if self.wrapper is not None:
+            objects.unet.model_options["model_function_wrapper"] = self.wrapper
         self.controlnet_unet = objects.unet
         return objects.unet
 
@@ -132,16 +138,20 @@ def test_dcg_trajectory_equals_dcg_x0_of_the_three_branches(forge_env, cfg, batc
     assert not torch.allclose(stock, expected, atol=1e-3)
 
 
-def test_id_only_branch_has_the_negative_text_in_the_cond_slot(forge_env):
+def test_id_only_rows_are_the_negative_text_labelled_cond_in_one_call_per_step(forge_env):
     run = Run(STYLISTIC, negative="blurry").start()
     run.sample()
     run.end()
-    negative = fs.encode_text("blurry")[None]
-    positive = fs.encode_text("a face")[None]
-    id_calls = [c for c in run.model.calls if c["labels"] == [0] and torch.equal(c["context"], negative)]
-    # every step reads the id-only branch (the rescale is on by default): one id-only call per step
-    assert len(id_calls) == 4
-    assert not any(c["labels"] == [1] and torch.equal(c["context"], positive) for c in run.model.calls)
+    negative = fs.encode_text("blurry")
+    positive = fs.encode_text("a face")
+    # every step reads the id-only branch (the rescale is on by default), in the step's only call:
+    # inside the UNet its rows carry the negative text labelled COND, so the IP-Adapter gives them the face
+    assert len(run.model.calls) == 4
+    for call in run.model.calls:
+        by_label = lambda label: [call["context"][i] for i, l in enumerate(call["labels"]) if l == label]  # noqa: E731
+        assert any(torch.equal(row, negative) for row in by_label(0))
+        assert any(torch.equal(row, positive) for row in by_label(0))
+        assert not any(torch.equal(row, positive) for row in by_label(1))
 
 
 def test_cfg1_uncond_is_a_real_negative_prediction(forge_env):
@@ -389,6 +399,7 @@ def test_existing_cfg_function_is_chained(forge_env):
 
 def test_error_in_the_id_branch_falls_back_to_stock_without_raising(forge_env):
     run = Run(STYLISTIC).start()
+    run.job.current_pass.batched = False        # the separate id-only call (see the wrapper's test below)
     run.job.current_pass.calc = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
     got = run.sample()
     stock = Run(STYLISTIC, fastface=False).sample()

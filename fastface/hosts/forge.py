@@ -78,6 +78,10 @@ class ForgePass(StepTracker):
     calc: Optional[Callable] = None  # calc_cond_uncond_batch of this Forge
     prior_cfg: Optional[Callable] = None  # another extension's sampler_cfg_function, chained
     sampler: Any = None              # the sampler whose callback_state is patched
+    batched: bool = False            # the id-only rows ride in Forge's own UNet call (wrapper installed)
+    prior_wrapper: Optional[Callable] = None  # another extension's model_function_wrapper, chained
+    plan: Optional[str] = None       # this model call's id-only plan (pre-CFG sets it, the cfg function clears it)
+    id_x0: Any = None                # the wrapper's result for the plan: appended rows' x0, or True
 
 
 def sampler_step(st: ForgePass, den: Any) -> tuple[int, int]:
@@ -308,6 +312,16 @@ def clone_unet(source, job: Job):
 
 
 # -- DCG ------------------------------------------------------------------------------------------
+# How the id-only branch (negative text + face) reaches the UNet on a step, decided per model call
+# by the pre-CFG function and carried out by the `model_function_wrapper` inside Forge's own
+# `calc_cond_uncond_batch` (sampling_function.py L270-271; Gen1 samplers.py L282-291):
+ID_IN_UNCOND = "id-only rows in the uncond slot"   # two branches: the negative rows are relabelled COND
+ID_APPENDED = "id-only rows appended"              # three branches: a COND copy of the negative rows
+COND, UNCOND = 0, 1                                # calc_cond_uncond_batch's chunk labels (L161-162)
+CN_WEIGHTINGS = ("positive_advanced_weighting", "negative_advanced_weighting", "advanced_frame_weighting",
+                 "advanced_sigma_weighting", "advanced_mask_weighting")  # backend/patcher/controlnet.py L87-91
+
+
 def _ours(fn) -> bool:
     return bool(getattr(fn, "_fastface", False))
 
@@ -334,26 +348,142 @@ def _uncond_droppable(job: Job, st: ForgePass, model_options) -> bool:
     return st.prior_cfg is None and not model_options.get("sampler_post_cfg_function")
 
 
+def _batchable(uncond) -> bool:
+    """One plain negative entry (no area, mask or strength): its chunk's output is the uncond
+    prediction itself (calc_cond_uncond_batch divides by a count of 1 + 1e-37 = 1), so a copy of
+    the chunk labelled COND gives exactly what a separate COND call would."""
+    if not isinstance(uncond, (list, tuple)) or len(uncond) != 1 or not isinstance(uncond[0], dict):
+        return False
+    entry = uncond[0]
+    return not any(k in entry for k in ("area", "mask")) and entry.get("strength", 1.0) == 1.0
+
+
+def _id_plan(job: Job, st: ForgePass, uncond_, droppable: bool) -> Optional[str]:
+    """How this step's id-only rows ride in Forge's own call (None: no id-only rows are needed,
+    there is no face, or they take a separate call)."""
+    need = branches_needed(st.step, st.total, job.args)
+    if not (need.id_only and st.face and st.batched and uncond_ is not None and _batchable(uncond_)):
+        return None
+    return ID_IN_UNCOND if droppable else ID_APPENDED
+
+
 def _make_pre_cfg(job: Job, st: ForgePass):
     def pre_cfg(*args):
         if len(args) == 1 and isinstance(args[0], dict):  # ComfyUI-style hook (after evaluation)
             return args[0].get("conds_out")
         model, cond, uncond_, x, timestep, model_options = args
+        st.plan, st.id_x0 = None, None
         try:
             if job.active and job.current_pass is st:
-                if uncond_ is not None and _uncond_droppable(job, st, model_options):
+                droppable = uncond_ is not None and _uncond_droppable(job, st, model_options)
+                st.plan = _id_plan(job, st, uncond_, droppable)
+                if droppable and st.plan is None:
                     uncond_ = None
                 if len(cond) > 1:
                     job.note("AND prompts: DCG uses Forge's weighted average of the sub-prompts as the full branch")
-                model_options = {**model_options, RAN_KEY: uncond_ is not None}
+                # RAN: the uncond slot holds a real negative prediction (not the id-only rows)
+                model_options = {**model_options, RAN_KEY: uncond_ is not None and st.plan != ID_IN_UNCOND}
         except Exception as exc:
+            st.plan = None
             job.fail("Forge pre-CFG", exc)
         return model, cond, uncond_, x, timestep, model_options
     pre_cfg._fastface = True
     return pre_cfg
 
 
-def _dcg(job: Job, st: ForgePass, args) -> torch.Tensor:
+def _relabelled(args) -> dict:
+    """The wrapper's arguments with every chunk labelled COND: the IP-Adapter (and anything else
+    that reads the labels inside the UNet) gives the negative rows the face, as in the authors'
+    ε(∅, c_id). `calc_cond_uncond_batch` still files the output under its own (UNCOND) labels."""
+    c = dict(args["c"])
+    options = dict(c.get("transformer_options") or {})
+    labels = [COND] * len(args["cond_or_uncond"])
+    options["cond_or_uncond"] = labels
+    if isinstance(options.get("cond_mark"), torch.Tensor):    # per-row 0/1 (L256): all cond now
+        options["cond_mark"] = torch.zeros_like(options["cond_mark"])
+    if "cond_indices" in options:                            # L257
+        options["cond_indices"] = sorted(list(options["cond_indices"]) + list(options.get("uncond_indices") or []))
+        options["uncond_indices"] = []
+    c["transformer_options"] = options
+    return dict(args, c=c, cond_or_uncond=labels)
+
+
+def _append_rows(value, rows: int, start: int, stop: int):
+    """`value` with rows [start, stop) repeated at the end, for every per-row tensor in it
+    (c_crossattn, y, c_concat, the ControlNet signals); anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0 and value.shape[0] == rows:
+            return torch.cat([value, value[start:stop]])
+        return value
+    if isinstance(value, dict):
+        return {k: _append_rows(v, rows, start, stop) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_append_rows(v, rows, start, stop) for v in value)
+    return value
+
+
+def _with_id_rows(args) -> tuple[dict, int]:
+    """The wrapper's arguments plus one chunk: a copy of the negative (UNCOND) chunk labelled
+    COND, i.e. the id-only rows. Returns (new args, rows of the original call)."""
+    labels = list(args["cond_or_uncond"])
+    x = args["input"]
+    rows = x.shape[0]
+    per_chunk = rows // len(labels)
+    start = labels.index(UNCOND) * per_chunk
+    stop = start + per_chunk
+    c = {}
+    for key, value in args["c"].items():
+        if key in ("transformer_options", "control_model"):
+            c[key] = value
+        else:
+            c[key] = _append_rows(value, rows, start, stop)
+    options = dict(c.get("transformer_options") or {})
+    options["cond_or_uncond"] = labels + [COND]
+    mark = options.get("cond_mark")
+    if isinstance(mark, torch.Tensor):
+        options["cond_mark"] = torch.cat([mark, torch.zeros_like(mark[start:stop])])
+    if "cond_indices" in options:
+        options["cond_indices"] = list(options["cond_indices"]) + list(range(rows, rows + per_chunk))
+    c["transformer_options"] = options
+    new = dict(args, input=torch.cat([x, x[start:stop]]),
+               timestep=_append_rows(args["timestep"], rows, start, stop), c=c,
+               cond_or_uncond=labels + [COND])
+    return new, rows
+
+
+def _make_unet_wrapper(job: Job, st: ForgePass):
+    """Forge's `model_function_wrapper`: on steps with a plan, the id-only rows join the call that
+    carries the negative chunk; otherwise (and for every other call, e.g. SAG's or PAG's extra
+    passes after the cfg function) the call is passed on untouched."""
+    def fastface_unet_wrapper(apply_model, args):
+        prior = st.prior_wrapper
+
+        def run(call_args):
+            if prior is not None:
+                return prior(apply_model, call_args)
+            return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
+
+        plan = st.plan
+        if plan is None or not job.active or job.current_pass is not st or UNCOND not in args["cond_or_uncond"]:
+            return run(args)
+        try:
+            if plan == ID_IN_UNCOND:
+                out = run(_relabelled(args))
+                st.id_x0 = True          # the uncond prediction of this step is ε_id
+                return out
+            new, rows = _with_id_rows(args)
+            out = run(new)
+            st.id_x0 = out[rows:]
+            return out[:rows]
+        except Exception as exc:   # e.g. out of memory with the extra rows: Forge's own call
+            st.plan = None
+            job.fail("Forge UNet wrapper", exc)
+            return run(args)
+    fastface_unet_wrapper._fastface = True
+    return fastface_unet_wrapper
+
+
+def _dcg(job: Job, st: ForgePass, args, plan: Optional[str], id_x0) -> torch.Tensor:
     x, sigma, model, options = args["input"], args["sigma"], args["model"], args["model_options"]
     step, total, fa = st.step, st.total, job.args
     need = branches_needed(step, total, fa)
@@ -367,9 +497,15 @@ def _dcg(job: Job, st: ForgePass, args) -> torch.Tensor:
         job.note("no negative prediction on some steps: DCG used α = 1 there")
         alpha = 1.0
     if alpha != beta or phi > 0:   # the id-only branch has a weight or feeds the rescale
-        if not st.face and uncond_ran:
+        if plan == ID_IN_UNCOND and id_x0 is True:
+            id_only = args["uncond_denoised"]     # the relabelled negative rows: ε(∅, c_id)
+        elif plan == ID_APPENDED and isinstance(id_x0, torch.Tensor):
+            id_only = id_x0
+        elif not st.face and uncond_ran:
             id_only = uncond      # no FaceID unit: negative text alone is the id-only branch
         elif negative is not None and st.calc is not None:
+            if plan is not None:
+                job.note("the id-only rows could not join Forge's batch (another UNet wrapper?): one more UNet call per step")
             # the negative conditioning in the *cond* slot: labelled COND, so the IP-Adapter
             # gives these rows the face embedding (the authors' ε(∅, c_id))
             id_only, _ = st.calc(model, negative, None, x, sigma, options)
@@ -379,7 +515,7 @@ def _dcg(job: Job, st: ForgePass, args) -> torch.Tensor:
         id_only = full
     denoised = dcg_x0(x, sigma, uncond, id_only, full, alpha, beta, phi)
     if st.prior_cfg is not None:
-        scale = float(args["cond_scale"])
+        scale = float(args["cond_scale"])   # a Python number (CFGDenoiser's cond_scale)
         if uncond_ran and scale != 0.0:
             # the other function sees cond' with u + s·(cond' − u) = DCG: it works on top of DCG
             cond_eff = uncond + (denoised - uncond) / scale
@@ -392,9 +528,11 @@ def _dcg(job: Job, st: ForgePass, args) -> torch.Tensor:
 def _make_cfg(job: Job, st: ForgePass):
     def fastface_cfg(args):
         prior = st.prior_cfg
+        plan, id_x0 = st.plan, st.id_x0
+        st.plan, st.id_x0 = None, None   # later calls of this step (post-cfg passes) are not ours
         if job.active and job.current_pass is st:
             try:
-                return _dcg(job, st, args)
+                return _dcg(job, st, args, plan, id_x0)
             except Exception as exc:
                 job.fail("Forge DCG", exc)
         return prior(args) if prior is not None else _stock_cfg(args)
@@ -406,6 +544,37 @@ def _make_cfg(job: Job, st: ForgePass):
 def _without_ours(options, key: str) -> None:
     if isinstance(options.get(key), list):
         options[key] = [fn for fn in options[key] if not _ours(fn)]
+
+
+def _cn_weighting(unet) -> Optional[str]:
+    """A ControlNet unit that weights cond and uncond rows differently ("My prompt / ControlNet is
+    more important", backend/patcher/controlnet.py L87-138): its signal for the negative rows is
+    computed before the wrapper runs, so id-only rows batched with them would get the uncond
+    weighting. Such jobs keep the separate id-only call."""
+    cnet, seen = getattr(unet, "controlnet_linked_list", None), 0
+    while cnet is not None and seen < 64:
+        if any(getattr(cnet, attr, None) is not None for attr in CN_WEIGHTINGS):
+            return type(cnet).__name__
+        cnet, seen = getattr(cnet, "previous_controlnet", None), seen + 1
+    return None
+
+
+def _install_batching(job: Job, st: ForgePass, unet) -> None:
+    """The id-only rows ride in Forge's own UNet call through `model_function_wrapper` (chained
+    after another extension's wrapper, e.g. MultiDiffusion's)."""
+    options = unet.model_options
+    weighted = _cn_weighting(unet)
+    if weighted is not None:
+        job.note("a ControlNet unit weights cond and uncond differently: the id-only branch takes its own UNet call")
+        return
+    prior = options.get("model_function_wrapper")
+    while prior is not None and _ours(prior):
+        prior = getattr(prior, "_fastface_prior", None)
+    st.prior_wrapper = prior
+    wrapper = _make_unet_wrapper(job, st)
+    wrapper._fastface_prior = prior
+    options["model_function_wrapper"] = wrapper   # UnetPatcher.set_model_unet_function_wrapper (base.py L146-147)
+    st.batched = True
 
 
 def _install_dcg(job: Job, p, st: ForgePass, unet) -> bool:
@@ -426,6 +595,8 @@ def _install_dcg(job: Job, p, st: ForgePass, unet) -> bool:
     add_pre = getattr(unet, "add_sampler_pre_cfg_function", None) or getattr(unet, "set_model_sampler_pre_cfg_function", None)
     if add_pre is not None:
         add_pre(_make_pre_cfg(job, st))
+        if st.face:
+            _install_batching(job, st, unet)
     unet.set_model_sampler_cfg_function(_make_cfg(job, st), disable_cfg1_optimization=True)
     unet.model_options["disable_cfg1_optimization"] = True
     return True
