@@ -465,3 +465,215 @@ def test_disabled_dcg_leaves_the_cfg_slot_alone(forge_env):
     run.end()
     assert run.job.failed is None and sum(run.job.am_calls.values()) > 0
     assert forge_env.parser.encoded == []       # no negative encoding without DCG
+
+
+# -- one UNet call per step: the id-only rows ride in Forge's own batch ------------------------------
+def _compiled(run, context):
+    """What `sampling_function` hands `calc_cond_uncond_batch` (L332-357): one entry, with the
+    patcher's ControlNet attached."""
+    entries = fs.compile_conditions(context)
+    if run.control is not None:
+        for entry in entries:
+            entry["control"] = run.control
+    return entries
+
+
+def _reference_setup(run, args):
+    st = run.job.current_pass
+    assert isinstance(st, forge.ForgePass), "call the reference before run.end()"
+    transformer_options = run.p.sd_model.forge_objects.unet.model_options["transformer_options"]
+    negative = torch.stack([fs.encode_text(t) for t in run.p.negative_prompts])
+    return st, transformer_options, negative, fs.KModel(run.model.diffusion_model), torch.tensor(SIGMAS[run.steps])
+
+
+def reference_calls(run, args, uncond_kept=False):
+    """The Forge host before batching: per step three separate `calc_cond_uncond_batch` calls —
+    uncond (negative text in the uncond slot), id-only (negative text in the cond slot), full
+    (prompt in the cond slot) — through FastFace's attn2 wrappers at that step (AM) but without its
+    UNet wrapper, combined with `dcg_x0` (which gets the full branch in the uncond's place on
+    steps with α = 1, as the host always did: its weight 1 − α is 0; `uncond_kept`: the real one,
+    as when a post-cfg function reads the uncond)."""
+    st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
+    options = {"transformer_options": transformer_options}
+    x = initial_x(run.batch)
+    steps = len(sigmas) - 1
+    with torch.no_grad():
+        for i in range(steps):
+            st.step, st.total = i, steps
+            s = sigmas[i] * torch.ones(run.batch)
+            uncond = fs.calc_cond_uncond_batch(km, [], _compiled(run, negative), x, s, options)[1]
+            id_only = fs.calc_cond_uncond_batch(km, _compiled(run, negative), None, x, s, options)[0]
+            full = fs.calc_cond_uncond_batch(km, _compiled(run, run.p.c), None, x, s, options)[0]
+            if not (uncond_kept or branches_needed(i, steps, args).uncond):
+                uncond = full
+            a, b = alpha_beta(i, steps, args)
+            den = dcg_x0(x, s, uncond, id_only, full, a, b, rescale_phi(i, steps, args))
+            x = x + (x - den) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def reference_one_call(run, args):
+    """The branches a step needs as chunks of ONE UNet call built by hand (uncond labelled UNCOND,
+    full and id-only labelled COND): the softmask's min-max then pools the branches of one image,
+    as on A1111 and in the authors' code (fastface_reference.md, "Joint min-max")."""
+    st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
+    x = initial_x(run.batch)
+    steps = len(sigmas) - 1
+    with torch.no_grad():
+        for i in range(steps):
+            st.step, st.total = i, steps
+            s = sigmas[i] * torch.ones(run.batch)
+            need = branches_needed(i, steps, args)
+            chunks = ([("uncond", negative, 1)] if need.uncond else []) + [("full", run.p.c, 0)] \
+                + ([("id", negative, 0)] if need.id_only else [])
+            labels = [label for _, _, label in chunks]
+            options = dict(transformer_options, cond_or_uncond=labels, sigmas=s)
+            out = km.apply_model(torch.cat([x] * len(chunks)), torch.cat([s] * len(chunks)),
+                                 c_crossattn=torch.cat([c for _, c, _ in chunks]), transformer_options=options)
+            pred = dict(zip([name for name, _, _ in chunks], out.chunk(len(chunks))))
+            full = pred["full"]
+            a, b = alpha_beta(i, steps, args)
+            den = dcg_x0(x, s, pred.get("uncond", full), pred.get("id", full), full, a, b, rescale_phi(i, steps, args))
+            x = x + (x - den) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_one_unet_call_per_step_for_every_preset(forge_env, preset, steps, cfg):
+    args, batch = PRESETS[preset], 2
+    run = Run(args, steps=steps, cfg=cfg, batch=batch).start()
+    run.sample()
+    run.end()
+    assert run.job.failed is None
+    for k in range(steps):
+        assert run.job.calls[(0, k)] == forge.unet_calls_per_evaluation(k, steps, args) == 1, (k, dict(run.job.calls))
+        per_image = branches_needed(k, steps, args).rows_per_image if args.dcg else (1 if cfg == 1.0 else 2)
+        assert run.job.rows[(0, k)] == batch * per_image, (k, dict(run.job.rows))
+    assert len(run.model.calls) == steps
+    assert '"calls":{' in run.job.trace_json()
+
+
+@pytest.mark.parametrize("preset", ["Stylistic", "Realistic"])
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("cfg, batch", [(1.0, 1), (2.5, 2)])
+def test_batched_dcg_equals_three_separate_calls(forge_env, preset, steps, cfg, batch):
+    args = PRESETS[preset]
+    run = Run(args, steps=steps, cfg=cfg, batch=batch).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, args)
+    run.end()
+    assert run.job.failed is None and not run.job.notes
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert len(run.model.calls) == steps
+
+
+@pytest.mark.parametrize("cfg, batch", [(1.0, 1), (2.5, 2)])
+def test_softmask_pools_the_branches_of_one_image_in_the_one_call(forge_env, cfg, batch):
+    run = Run(PORTRAIT, cfg=cfg, batch=batch).start()
+    got = run.sample()
+    expected = reference_one_call(run, PORTRAIT)
+    run.end()
+    assert run.job.failed is None
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert len(run.model.calls) == 4
+
+
+def test_three_rows_in_one_call_when_a_post_cfg_function_reads_the_uncond(forge_env):
+    post_unconds = []
+
+    def post_cfg(args):
+        post_unconds.append(args["uncond_denoised"])
+        return args["denoised"]
+
+    run = Run(REALISTIC, cfg=2.5, batch=2, post_cfg=post_cfg).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC, uncond_kept=True)
+    # the post-cfg function saw the real negative prediction of step 0, not the id-only rows
+    run.job.current_pass.step = 0
+    negative = fs.compile_conditions(torch.stack([fs.encode_text("ugly")] * 2))
+    options = {"transformer_options": run.p.sd_model.forge_objects.unet.model_options["transformer_options"]}
+    with torch.no_grad():
+        first = fs.calc_cond_uncond_batch(fs.KModel(run.model.diffusion_model), [], negative, initial_x(2),
+                                          torch.full((2,), 3.0), options)[1]
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(post_unconds[0], first, atol=1e-5)
+    for k in range(4):   # the uncond kept for the post-cfg function, the id-only rows appended
+        assert calls[(0, k)] == 1
+    assert [c["rows"] for c in run.model.calls] == [2 * 3] * 4
+    assert [c["labels"] for c in run.model.calls] == [[1, 0, 0]] * 4
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["balanced", "cond-uncond weighting"])
+def test_controlnet_signal_of_the_id_rows(forge_env, weighted):
+    control = fs.ControlNet(positive_weight=1.0, negative_weight=0.2) if weighted else fs.ControlNet()
+    run = Run(REALISTIC, cfg=2.5, batch=2, control=control).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC)
+    run.end()
+    assert run.job.failed is None
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    without = Run(REALISTIC, cfg=2.5, batch=2).start().sample()
+    assert not torch.allclose(got, without, atol=1e-3)        # the ControlNet signal matters here
+    for k in range(4):
+        documented = forge.unet_calls_per_evaluation(k, 4, REALISTIC, batched=not weighted)
+        assert calls[(0, k)] == documented == (2 if weighted else 1)
+    assert any("ControlNet" in n for n in run.job.notes) == weighted
+
+
+def test_another_model_function_wrapper_is_chained(forge_env):
+    seen = []
+
+    def tiled(apply_model, args):   # e.g. MultiDiffusion: sees the call FastFace makes
+        seen.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    run = Run(REALISTIC, cfg=2.5, wrapper=tiled).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC)
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    # 4 steps: unboosted steps relabel [uncond, cond] as cond; boosted steps append a cond chunk
+    assert seen[:4] == [[0, 0], [1, 0, 0], [1, 0, 0], [0, 0]]
+
+
+def test_forge_splitting_the_batch_keeps_the_id_rows_with_the_negative_chunk(forge_env):
+    run = Run(REALISTIC, cfg=2.5, batch=2).start()
+    run.p.sd_model.forge_objects.unet.model_options["max_chunks"] = 1   # the stand-in's memory check
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC)
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert all(calls[(0, k)] == 2 for k in range(4))   # Forge's own two calls, none more
+
+
+def test_id_rows_take_their_own_call_when_the_wrapper_is_bypassed(forge_env):
+    run = Run(STYLISTIC).start()
+    run.p.sd_model.forge_objects.unet.model_options["model_function_wrapper"] = \
+        lambda apply_model, args: apply_model(args["input"], args["timestep"], **args["c"])
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, STYLISTIC)
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert any("could not join" in n for n in run.job.notes)
+    assert all(calls[(0, k)] == 2 for k in range(4))
+
+
+def test_error_in_the_unet_wrapper_falls_back_to_stock(forge_env, monkeypatch):
+    boom = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))  # noqa: E731
+    monkeypatch.setattr(forge, "_relabelled", boom)
+    monkeypatch.setattr(forge, "_with_id_rows", boom)
+    run = Run(STYLISTIC).start()
+    got = run.sample()
+    stock = Run(STYLISTIC, fastface=False).sample()
+    assert run.job.failed and "UNet wrapper" in run.job.failed
+    assert torch.allclose(got, stock, atol=1e-5)
+    assert run.p.sd_model.forge_objects.unet is run.controlnet_unet

@@ -367,6 +367,16 @@ def _id_plan(job: Job, st: ForgePass, uncond_, droppable: bool) -> Optional[str]
     return ID_IN_UNCOND if droppable else ID_APPENDED
 
 
+def unet_calls_per_evaluation(step: int, total: int, args, *, face: bool = True, batched: bool = True) -> int:
+    """UNet calls Forge makes for one model evaluation of `step` with FastFace on (the numbers the
+    README documents; a second-order sampler evaluates most steps twice). One when the id-only rows
+    ride in Forge's own call (or are not needed); two when they need their own call: a ControlNet
+    unit with cond/uncond weighting, or Forge's free-memory check splitting the batch (Forge's
+    own choice, not counted here)."""
+    need = branches_needed(step, total, args)
+    return 2 if (args.enabled and args.dcg and face and need.id_only and not batched) else 1
+
+
 def _make_pre_cfg(job: Job, st: ForgePass):
     def pre_cfg(*args):
         if len(args) == 1 and isinstance(args[0], dict):  # ComfyUI-style hook (after evaluation)
@@ -695,7 +705,7 @@ def _install_row_counter(job: Job, unet) -> None:
         if isinstance(st, ForgePass) and job.active:
             x = args[0] if args else kwargs.get("x")
             if hasattr(x, "shape"):
-                job.rows[(st.index, st.step)] += int(x.shape[0])
+                job.count_unet_call(st.index, st.step, int(x.shape[0]))   # shape: Python ints
 
     handle = module.register_forward_pre_hook(count, with_kwargs=True)
     job.patches.on_undo(handle.remove)
