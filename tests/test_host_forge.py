@@ -5,11 +5,13 @@ DCG branches one by one and combines them with `dcg_x0`; the face attention with
 softmax + transform; pass-through cases bit for bit with Forge's own patch.
 """
 import copy
+import traceback
 import sys
 import types
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastface.attention import ip_attention, transform_for
 from fastface.guidance import dcg_x0
@@ -677,3 +679,58 @@ def test_error_in_the_unet_wrapper_falls_back_to_stock(forge_env, monkeypatch):
     assert run.job.failed and "UNet wrapper" in run.job.failed
     assert torch.allclose(got, stock, atol=1e-5)
     assert run.p.sd_model.forge_objects.unet is run.controlnet_unet
+
+
+# -- no host-device sync in FastFace's Forge code ---------------------------------------------------
+class HostReads(TorchDispatchMode):
+    """Records every read of a tensor value by the host (`.item()`, `float()`, `int()`, `bool()`,
+    `.tolist()` all dispatch `aten._local_scalar_dense`; on a GPU each is a device sync) together
+    with the innermost frame of FastFace or of the Forge stand-ins that made it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ours, self.forge = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            for frame in reversed(traceback.extract_stack()[:-1]):   # without this method's frame
+                path = frame.filename.replace("\\", "/")
+                if "/fastface/" in path:
+                    self.ours.append(f"{path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}:{frame.lineno} {frame.line}")
+                    break
+                if path.endswith("forge_standins.py"):
+                    self.forge.append(f"{path.rsplit('/', 1)[-1]}:{frame.lineno}")
+                    break
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("preset", ["Stylistic", "Realistic", "Realistic portrait", "Softmask only"])
+@pytest.mark.parametrize("cfg, window", [(1.0, "full"), (2.5, "full"), (2.5, "partial")])
+def test_no_host_read_of_a_tensor_in_fastface_while_sampling(forge_env, preset, cfg, window):
+    args = PRESETS[preset]
+    run = Run(args, cfg=cfg, batch=2)
+    if window == "partial":   # a FaceID unit from 10 % to 90 %: σ window (2.5, 0.2)
+        for patch in run.controlnet_unet.model_options["transformer_options"]["patches_replace"]["attn2"].values():
+            patch.sigma_start[0], patch.sigma_end[0] = 2.5, 0.2
+    run.start()
+    reads = HostReads()
+    with reads:
+        run.sample()
+    run.end()
+    assert run.job.failed is None
+    assert reads.ours == [], reads.ours
+    assert reads.forge, "the detector saw none of Forge's own reads (the sampler's, the IP-Adapter's)"
+
+
+def test_partial_window_applies_the_transform_inside_and_nothing_outside():
+    q, k, v, options = _attention_inputs()
+    patch = _patch(fs.Adapter(faceid=True))
+    patch.sigma_start[0], patch.sigma_end[0] = 2.0, 0.5           # σ = 1.0 is inside
+    job = _job(REALISTIC)
+    got = forge.FaceAttn2Patch(patch, job)(q, k, v, options)
+    transform = transform_for(REALISTIC, "down", 1, 4, groups=2)
+    expected = fs.attention(q, k, v, 2) + _explicit(patch, 0, q, k, v, options, transform)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, patch(q, k, v, options), atol=1e-4)
+    outside = dict(options, sigmas=torch.tensor([3.0, 3.0]))      # same layer, σ above the start
+    assert torch.equal(forge.FaceAttn2Patch(patch, job)(q, k, v, outside), patch(q, k, v, outside))

@@ -46,12 +46,12 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
-from ..attention import ip_attention, transform_for
+from ..attention import ip_attention
 from ..blocks import unet_part
 from ..guidance import dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
@@ -64,6 +64,8 @@ RAN_KEY = "fastface_uncond_ran"        # model_options key: the uncond rows were
 FACEID_PROJECTIONS = ("ProjModelFaceIdPlus", "MLPProjModelFaceId")  # IPAdapterPlus.py L80, L101
 IP_PATCH_ATTRS = ("ipadapters", "conds", "unconds", "weights", "k_key", "v_key")
 CALC_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
+FULL_SIGMA_START = 999999999.0   # percent_to_sigma(0.0) = 999999999.9: no upper bound (backend/modules/k_prediction.py L161-165)
+NO_SIGMA = 999999999.9           # the σ IPAdapterPlus.py L402 assumes when the call carries none
 
 
 # -- per pass state -----------------------------------------------------------------------------
@@ -82,6 +84,8 @@ class ForgePass(StepTracker):
     prior_wrapper: Optional[Callable] = None  # another extension's model_function_wrapper, chained
     plan: Optional[str] = None       # this model call's id-only plan (pre-CFG sets it, the cfg function clears it)
     id_x0: Any = None                # the wrapper's result for the plan: appended rows' x0, or True
+    window_sigmas: Any = None        # the σ tensor of the UNet call the windows below belong to
+    windows: dict = field(default_factory=dict)   # (sigma_start, sigma_end) -> (1,) 0/1 factor
 
 
 def sampler_step(st: ForgePass, den: Any) -> tuple[int, int]:
@@ -139,13 +143,20 @@ def _copy_patch(patch):
 # -- AM: the attn2 wrapper --------------------------------------------------------------------------
 class FaceAttn2Patch:
     """Stands in for one IP-Adapter attn2 patch. FaceID adapters get the explicit face attention
-    with FastFace's transform on targeted parts and steps; anything else is the original call."""
+    with FastFace's transform on targeted parts and steps; anything else is the original call.
+
+    Per layer nothing is synchronised with the device and little is rebuilt: the transform comes
+    from the job's cache (an int period as the softmask's groups), the face K/V projections are
+    made once per pass, and the unit's start/end window is a host decision when it is the full
+    range (Forge's default) or a 0/1 factor computed on the device once per UNet call."""
 
     _fastface_wrapper = True
 
     def __init__(self, inner, job: Job):
         self.inner = inner
         self.job = job
+        self._split = None      # (adapter count, FaceID indices, patch without them or None)
+        self._kv = {}           # FaceID index -> (k_cond, k_uncond, v_cond, v_uncond), (1, T, C) each
 
     # Forge deep-copies model_options on every clone: share the adapter, own the lists.
     def __deepcopy__(self, memo):
@@ -154,18 +165,35 @@ class FaceAttn2Patch:
         return new
 
     def set_new_condition(self, *args, **kwargs):
+        self._split, self._kv = None, {}
         return self.inner.set_new_condition(*args, **kwargs)
 
     def __getattr__(self, attr):
-        if attr in ("inner", "job") or attr.startswith("__"):
+        if attr in ("inner", "job", "_split", "_kv") or attr.startswith("__"):
             raise AttributeError(attr)
         if attr == "to":  # ModelPatcher.model_patches_to replaces patches by patch.to(device)
             inner_to = getattr(self.inner, "to")  # AttributeError when the inner patch has none
             return lambda *a, **k: FaceAttn2Patch(inner_to(*a, **k), self.job)
         return getattr(self.inner, attr)
 
+    def _faceid_split(self):
+        """(FaceID adapter indices, the patch without them — None when nothing else is left),
+        rebuilt only when the adapter list changes."""
+        adapters = list(getattr(self.inner, "ipadapters", ()))
+        if self._split is None or self._split[0] != len(adapters):
+            face = [i for i, a in enumerate(adapters) if is_faceid_adapter(a)]
+            others = None
+            if len(face) < len(adapters):
+                others = _copy_patch(self.inner)
+                keep = [i for i in range(len(adapters)) if i not in face]
+                for attr, value in list(vars(others).items()):
+                    if isinstance(value, list) and len(value) == len(adapters):
+                        setattr(others, attr, [value[i] for i in keep])
+            self._split = (len(adapters), face, others)
+        return self._split[1], self._split[2]
+
     def has_face(self) -> bool:
-        return any(is_faceid_adapter(a) for a in getattr(self.inner, "ipadapters", ()))
+        return bool(self._faceid_split()[0])
 
     def __call__(self, n, context_attn2, value_attn2, extra_options):
         job = self.job
@@ -175,8 +203,8 @@ class FaceAttn2Patch:
             try:
                 part = unet_part(extra_options.get("block"))
                 if part is not None:
-                    groups = self._groups(n.shape[0], extra_options)
-                    transform = transform_for(job.args, part, st.step, st.total, groups=groups)
+                    period = self._groups(n.shape[0], extra_options)
+                    transform = job.transforms.get(part, st.step, st.total, period)
             except Exception as exc:
                 job.fail("Forge attention transform", exc)
                 transform = None
@@ -192,12 +220,12 @@ class FaceAttn2Patch:
         return out
 
     @staticmethod
-    def _groups(rows: int, extra_options) -> torch.Tensor:
-        """One id per row = the image index: rows are chunk-major [chunk 0 images, chunk 1 ...], so
-        the softmask's min-max pools the branches of one image (closest to the authors' code)."""
+    def _groups(rows: int, extra_options) -> Optional[int]:
+        """The softmask's pooling period: rows are chunk-major [chunk 0 images, chunk 1 …], so
+        row r pools with the rows r' ≡ r (mod rows per chunk), the branches of one image (closest
+        to the authors' code). An int: no tensor is made per call."""
         chunks = max(len(extra_options.get("cond_or_uncond") or [0]), 1)
-        per_chunk = max(rows // chunks, 1)
-        return torch.arange(rows) % per_chunk
+        return rows // chunks if rows % chunks == 0 else None
 
     def _supported(self, index: int, extra_options) -> Optional[str]:
         inner = self.inner
@@ -212,58 +240,92 @@ class FaceAttn2Patch:
             return "AnimateDiff context windows"
         return None
 
+    def _face_kv(self, index: int, labels, per_chunk: int, heads: int, dtype):
+        """K/V of the face tokens per row, chunk by chunk the cond or the uncond embedding (as the
+        IP-Adapter picks them, IPAdapterPlus.py L449-464), shaped (rows, heads, T, d). The
+        projections are made once per pass; per call one cat each."""
+        inner = self.inner
+        if index not in self._kv:
+            adapter = inner.ipadapters[index]
+            to_k = adapter.ip_layers.to_kvs[inner.k_key]
+            to_v = adapter.ip_layers.to_kvs[inner.v_key]
+            cond, uncond = inner.conds[index], inner.unconds[index]
+            self._kv[index] = (to_k(cond), to_k(uncond), to_v(cond), to_v(uncond))
+        k_cond, k_uncond, v_cond, v_uncond = self._kv[index]
+        ks = (k_cond.repeat(per_chunk, 1, 1), k_uncond.repeat(per_chunk, 1, 1))
+        vs = (v_cond.repeat(per_chunk, 1, 1), v_uncond.repeat(per_chunk, 1, 1))
+        ip_k = torch.cat([ks[c] for c in labels], dim=0)
+        ip_v = torch.cat([vs[c] for c in labels], dim=0)
+        rows = ip_k.shape[0]
+        split = lambda t: t.to(dtype).view(rows, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
+        return split(ip_k), split(ip_v)
+
+    def _window(self, index: int, extra_options, st: "ForgePass"):
+        """The unit's start/end window (IPAdapterPlus.py L401-418 skips the adapter when
+        σ > sigma_start or σ < sigma_end): None = every σ is inside (Forge's default 0–100 %,
+        decided on the host); else a (1,) 0/1 factor for this call's σ, made on the device once
+        per UNet call and window (Forge itself reads σ with `.item()` in every layer)."""
+        inner = self.inner
+        start = float(_at(getattr(inner, "sigma_start", None), index, math.inf))   # Python numbers
+        end = float(_at(getattr(inner, "sigma_end", None), index, -math.inf))
+        if start >= FULL_SIGMA_START and end <= 0.0:
+            return None
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return 1.0 if end <= NO_SIGMA <= start else 0.0
+        if st.window_sigmas is not sigmas:
+            st.window_sigmas, st.windows = sigmas, {}
+        key = (start, end)
+        if key not in st.windows:
+            s = sigmas[:1]
+            st.windows[key] = ((s <= start) & (s >= end)).to(torch.float32)
+        return st.windows[key]
+
     def _transformed(self, q, k, v, extra_options, transform):
         inner, job, st = self.inner, self.job, self.job.current_pass
-        adapters = list(inner.ipadapters)
-        face = [i for i, a in enumerate(adapters) if is_faceid_adapter(a)]
+        face, others = self._faceid_split()
         for i in face:
             reason = self._supported(i, extra_options)
             if reason is not None:
                 job.note(f"attention transform skipped: {reason} is not supported on Forge")
                 return None
         # Text branch and the other adapters through Forge's own code: the patch without its
-        # FaceID adapters (an empty adapter list gives the plain text attention).
-        others = _copy_patch(inner)
-        keep = [i for i in range(len(adapters)) if i not in face]
-        for attr, value in list(vars(others).items()):
-            if isinstance(value, list) and len(value) == len(adapters):
-                setattr(others, attr, [value[i] for i in keep])
-        out = others(q, k, v, extra_options)
+        # FaceID adapters; with none left, Forge's attention alone (without σ, which the patch
+        # would read with `.item()` only to gate adapters it no longer has).
+        if others is not None:
+            out = others(q, k, v, extra_options)
+        else:
+            plain = _copy_patch(inner)
+            for attr, value in list(vars(plain).items()):
+                if isinstance(value, list):
+                    setattr(plain, attr, [])
+            out = plain(q, k, v, {key: val for key, val in extra_options.items() if key != "sigmas"})
 
-        heads = int(extra_options["n_heads"])
-        chunks = list(extra_options["cond_or_uncond"])
+        heads = extra_options["n_heads"]          # Python ints, not tensors
+        labels = extra_options["cond_or_uncond"]
         rows, tokens, width = q.shape
-        per_chunk = rows // len(chunks)
-        head_dim = width // heads
-        sigmas = extra_options.get("sigmas")
-        sigma = float(sigmas[0]) if sigmas is not None else None
-        transformed = False
+        per_chunk = rows // len(labels)
+        qh = q.view(rows, tokens, heads, width // heads).transpose(1, 2)
+        counted = False
         for i in face:
-            start = float(_at(getattr(inner, "sigma_start", None), i, math.inf))
-            end = float(_at(getattr(inner, "sigma_end", None), i, -math.inf))
-            if sigma is not None and (sigma > start or sigma < end):  # outside the unit's start/end
+            window = self._window(i, extra_options, st)
+            if isinstance(window, float) and window == 0.0:
                 continue
-            adapter = adapters[i]
-            weight = float(_at(inner.weights, i, 1.0))
+            weight = float(_at(inner.weights, i, 1.0))     # a Python number (the unit's weight)
             linear = str(_at(getattr(inner, "weight_type", None), i, "original")).startswith("linear")
-            to_k = adapter.ip_layers.to_kvs[inner.k_key]
-            to_v = adapter.ip_layers.to_kvs[inner.v_key]
-            cond, uncond = inner.conds[i], inner.unconds[i]
-            k_by_chunk = (to_k(cond).repeat(per_chunk, 1, 1), to_k(uncond).repeat(per_chunk, 1, 1))
-            v_by_chunk = (to_v(cond).repeat(per_chunk, 1, 1), to_v(uncond).repeat(per_chunk, 1, 1))
-            ip_k = torch.cat([k_by_chunk[c] for c in chunks], dim=0)
-            ip_v = torch.cat([v_by_chunk[c] for c in chunks], dim=0)
+            kh, vh = self._face_kv(i, labels, per_chunk, heads, q.dtype)
             if linear:
-                ip_k, ip_v = ip_k * weight, ip_v * weight
-            qh = q.view(rows, tokens, heads, head_dim).transpose(1, 2)
-            kh = ip_k.to(q.dtype).view(rows, -1, heads, head_dim).transpose(1, 2)
-            vh = ip_v.to(q.dtype).view(rows, -1, heads, head_dim).transpose(1, 2)
-            face_out = ip_attention(qh, kh, vh, transform).transpose(1, 2).reshape(rows, tokens, width)
+                kh, vh = kh * weight, vh * weight
+            face_out = ip_attention(qh, kh, vh, transform, kernels=job.kernels)
+            face_out = face_out.transpose(1, 2).reshape(rows, tokens, width)
             if not linear:
                 face_out = face_out * weight
+            if isinstance(window, torch.Tensor):
+                face_out = face_out * window.to(face_out.dtype)
+            else:
+                counted = True            # the trace counts layers known on the host to be inside
             out = out + face_out.to(out.dtype)
-            transformed = True
-        if transformed:
+        if counted:
             part = unet_part(extra_options.get("block"))
             job.layer_part = part
             job.am_calls[(st.index, st.step, part)] += 1
