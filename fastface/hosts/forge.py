@@ -177,18 +177,16 @@ class FaceAttn2Patch:
         return getattr(self.inner, attr)
 
     def _faceid_split(self):
-        """(FaceID adapter indices, the patch without them — None when nothing else is left),
-        rebuilt only when the adapter list changes."""
+        """(FaceID adapter indices, the patch without them), rebuilt only when the adapter list
+        changes. With no other adapter left that patch has empty lists: Forge's text attention."""
         adapters = list(getattr(self.inner, "ipadapters", ()))
         if self._split is None or self._split[0] != len(adapters):
             face = [i for i, a in enumerate(adapters) if is_faceid_adapter(a)]
-            others = None
-            if len(face) < len(adapters):
-                others = _copy_patch(self.inner)
-                keep = [i for i in range(len(adapters)) if i not in face]
-                for attr, value in list(vars(others).items()):
-                    if isinstance(value, list) and len(value) == len(adapters):
-                        setattr(others, attr, [value[i] for i in keep])
+            others = _copy_patch(self.inner)
+            keep = [i for i in range(len(adapters)) if i not in face]
+            for attr, value in list(vars(others).items()):
+                if isinstance(value, list) and len(value) == len(adapters):
+                    setattr(others, attr, [value[i] for i in keep])
             self._split = (len(adapters), face, others)
         return self._split[1], self._split[2]
 
@@ -290,16 +288,12 @@ class FaceAttn2Patch:
                 job.note(f"attention transform skipped: {reason} is not supported on Forge")
                 return None
         # Text branch and the other adapters through Forge's own code: the patch without its
-        # FaceID adapters; with none left, Forge's attention alone (without σ, which the patch
-        # would read with `.item()` only to gate adapters it no longer has).
-        if others is not None:
+        # FaceID adapters; with none left, Forge's attention alone (called without σ, which the
+        # patch would read with `.item()` only to gate adapters it no longer has).
+        if len(face) < self._split[0]:
             out = others(q, k, v, extra_options)
         else:
-            plain = _copy_patch(inner)
-            for attr, value in list(vars(plain).items()):
-                if isinstance(value, list):
-                    setattr(plain, attr, [])
-            out = plain(q, k, v, {key: val for key, val in extra_options.items() if key != "sigmas"})
+            out = others(q, k, v, {key: val for key, val in extra_options.items() if key != "sigmas"})
 
         heads = extra_options["n_heads"]          # Python ints, not tensors
         labels = extra_options["cond_or_uncond"]
