@@ -29,17 +29,26 @@ What FastFace does per sampling pass (only when enabled):
   first; the wrapper's `__deepcopy__` shares the adapter), assigns the clone to
   `p.sd_model.forge_objects.unet` (undone with the job);
 * DCG: a conditioning modifier stashes the compiled negative conditioning in the step's
-  model options; a pre-CFG function drops the uncond rows on steps that do not read them; the
-  cfg function evaluates the id-only branch (negative text in the *cond* slot, so the
-  IP-Adapter gives it the face) with `calc_cond_uncond_batch` on the steps that need it and
-  returns x − `dcg_x0(...)`. At CFG 1 FastFace encodes the negative prompt itself and hands it
-  to Forge in `on_cfg_denoiser`. A cfg function already in the slot (e.g. Dynamic
+  model options; a pre-CFG function decides per model call how the id-only branch (negative text
+  + face) is evaluated and drops the uncond rows on steps that read neither; a
+  `model_function_wrapper` (sampling_function.py L270-271) carries that out inside Forge's own
+  `calc_cond_uncond_batch`, so a step is ONE UNet call:
+    - two branches (id-only + full): the negative rows stay in the uncond slot and are labelled
+      COND inside the UNet (`cond_or_uncond`, `cond_mark`, `cond_indices`), so the IP-Adapter
+      gives them the face; Forge files their output as the uncond prediction, read as ε_id;
+    - three branches: a copy of the negative chunk labelled COND is appended to the call (every
+      per-row input copied) and split off after the UNet;
+  the cfg function returns x − `dcg_x0(...)`. A separate `calc_cond_uncond_batch` call (negative
+  text in the *cond* slot) remains for a ControlNet unit that weights cond and uncond rows
+  differently and for a bypassed wrapper. At CFG 1 FastFace encodes the negative prompt itself
+  and hands it to Forge in `on_cfg_denoiser`. A cfg function already in the slot (e.g. Dynamic
   Thresholding) is chained: it receives a CFG problem whose plain-CFG answer is the DCG result;
+  another UNet wrapper runs inside FastFace's;
 * AM: every `CrossAttentionPatch`-like attn2 patch is wrapped; FaceID adapters in targeted parts
   and steps get `fastface.attention.ip_attention` with the step's transform, everything else
   runs Forge's own code;
-* the sampler step comes from the sampler's `callback_state` (as on A1111), rows per step are
-  counted by a forward pre-hook on the UNet (trace).
+* the sampler step comes from the sampler's `callback_state` (as on A1111), rows and UNet calls
+  per step are counted by a forward pre-hook on the UNet (trace).
 """
 from __future__ import annotations
 
@@ -374,6 +383,10 @@ def clone_unet(source, job: Job):
 ID_IN_UNCOND = "id-only rows in the uncond slot"   # two branches: the negative rows are relabelled COND
 ID_APPENDED = "id-only rows appended"              # three branches: a COND copy of the negative rows
 COND, UNCOND = 0, 1                                # calc_cond_uncond_batch's chunk labels (L161-162)
+# Why relabel rather than force the face onto UNCOND rows in FastFace's attn2 wrapper: the face
+# stays Forge's own IP-Adapter code (also with AM off, for every adapter and weight type), and
+# everything else inside the UNet that reads the labels sees what a separate COND call would show
+# it, so the values equal the separate call's exactly.
 CN_WEIGHTINGS = ("positive_advanced_weighting", "negative_advanced_weighting", "advanced_frame_weighting",
                  "advanced_sigma_weighting", "advanced_mask_weighting")  # backend/patcher/controlnet.py L87-91
 
