@@ -150,7 +150,7 @@ class ControlNet:
             pos = (self.positive_advanced_weighting or {"middle": [1.0]})["middle"][0]
             neg = (self.negative_advanced_weighting or {"middle": [1.0]})["middle"][0]
             signal = signal * (pos * (1.0 - mark) + neg * mark)
-        return {"middle": [signal]}
+        return {"input": [None], "middle": [signal], "output": []}   # unet.py apply_control: None = no signal
 
 
 def sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options):
