@@ -15,9 +15,10 @@ On CUDA: fp16, full SDXL-base at 1024² (latent 128²). On CPU: a small config w
 layers (so the per-layer host overhead weighs as in SDXL), fp32, latent 16², 1 thread by default.
 
 Timed, per variant, one UNet call: median over rounds in which every variant runs once, in turn
-(CUDA: events around the call, then a synchronize; the code under test never syncs). The per-image
-UNet time of each preset is COMPOSED from those medians: the sum, over the steps of a 4-step pass,
-of the call time for that step's rows per image (`fastface.schedule.rows_per_image`). `--graphs`
+(CUDA: events around the call, then a synchronize; the code under test never syncs. CPU with one
+thread: the process's CPU time, which a busy shared machine inflates less than the wall clock).
+The per-image UNet time of each preset is COMPOSED from those medians: the sum, over the steps of
+a 4-step pass, of the call time for that step's rows per image (`rows_per_image`). `--graphs`
 (CUDA) also captures every variant's UNet call in a CUDA graph and times its replay (GPU work only).
 Progress goes to stderr, the Markdown tables to stdout.
 """
@@ -264,8 +265,9 @@ def call_fn(unet, state: FaceBranchState, variant: Variant, inputs: dict, scale:
 
 # ----------------------------------------------------------------------------- timing
 
-def timer(device: torch.device) -> Callable[[Callable], float]:
-    """ms of one call of fn. CUDA: events around it, then a synchronize (the bench's own sync)."""
+def timer(device: torch.device, cpu_clock: Callable[[], float] = time.perf_counter) -> Callable[[Callable], float]:
+    """ms of one call of fn. CUDA: events around it, then a synchronize (the bench's own sync).
+    CPU: `cpu_clock` (wall clock, or the process's CPU time when it runs one thread)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -278,9 +280,9 @@ def timer(device: torch.device) -> Callable[[Callable], float]:
         return cuda_ms
 
     def cpu_ms(fn):
-        t0 = time.perf_counter()
+        t0 = cpu_clock()
         fn()
-        return (time.perf_counter() - t0) * 1e3
+        return (cpu_clock() - t0) * 1e3
     return cpu_ms
 
 
@@ -357,6 +359,9 @@ def main():
     parser.add_argument("--no-fused", action="store_true",
                         help="never pass kernels= to ip_attention (torch path only)")
     parser.add_argument("--graphs", action="store_true", help="CUDA: also time CUDA-graph replays")
+    parser.add_argument("--wall", action="store_true",
+                        help="CPU: time by wall clock even with 1 thread (default there: the process's CPU "
+                             "time, which other processes on a shared machine do not inflate)")
     ns = parser.parse_args()
 
     cuda = torch.cuda.is_available() if ns.device == "auto" else ns.device == "cuda"
@@ -371,6 +376,8 @@ def main():
     has_switch = kernels_supported()
     use_kernels = cuda and has_switch and not ns.no_fused
     graphs_on = ns.graphs and cuda
+    cpu_time = not cuda and ns.threads == 1 and not ns.wall
+    measure = timer(device, time.process_time if cpu_time else time.perf_counter)
     t_start = time.perf_counter()
 
     import diffusers
@@ -398,7 +405,7 @@ def main():
         del outputs, out
 
         log(f"timing {len(variants)} variants, {repeats} interleaved rounds")
-        eager = interleaved_medians({v.key: fns[v.key] for v in variants}, repeats, timer(device), "eager")
+        eager = interleaved_medians({v.key: fns[v.key] for v in variants}, repeats, measure, "eager")
         graph_ms, graph_err = {}, {}
         if graphs_on:
             # capture the likeliest to fail last, so a broken context would cost the fewest results
@@ -408,7 +415,7 @@ def main():
             for graph in graphs.values():  # one untimed replay each
                 graph.replay()
             torch.cuda.synchronize()
-            graph_ms = interleaved_medians({k: g.replay for k, g in graphs.items()}, repeats, timer(device), "graphs")
+            graph_ms = interleaved_medians({k: g.replay for k, g in graphs.items()}, repeats, measure, "graphs")
 
     # ---- report
     dev_name = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
@@ -421,7 +428,8 @@ def main():
              "off (--no-fused)" if ns.no_fused else
              "not in this fastface (no attention.KernelSwitch)" if not has_switch else "CUDA only"))
     print(f"- one UNet call per variant, median of {repeats} interleaved rounds after {warmup} warm-up call(s)"
-          + ("; CUDA events around the call" if cuda else "; wall clock"))
+          + ("; CUDA events around the call" if cuda else
+             "; process CPU time (1 thread)" if cpu_time else "; wall clock"))
     print(f"- AM transforms: `transform_for(preset, part, step={REFERENCE_STEP}, total=4)` per part, groups=None "
           f"(one image per batch, so every row pools together, as a host's period of 1 does)\n")
 
