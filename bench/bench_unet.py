@@ -45,7 +45,7 @@ from fastface.presets import PRESETS  # noqa: E402
 from fastface.schedule import rows_per_image  # noqa: E402
 
 PARTS = ("down", "mid", "up")
-REFERENCE_STEP = 1  # the step whose transform every call variant uses (cost does not depend on (d, s))
+REFERENCE_STEP = 1  # the step whose transform every call variant uses (the cost does not depend on (d, s))
 
 # SDXL-base's UNet (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json); 2.57 G params,
 # 70 attn2 layers. `attention_head_dim` is diffusers' historical name for the number of heads.
@@ -164,8 +164,8 @@ class Variant:
         return f"{self.label} [{', '.join(self.presets)}]"
 
 
-def preset_transforms(args) -> dict:
-    return {part: transform_for(args, part, REFERENCE_STEP, 4) for part in PARTS}
+def preset_transforms(args, steps: int) -> dict:
+    return {part: transform_for(args, part, min(REFERENCE_STEP, steps - 1), steps) for part in PARTS}
 
 
 def am_label(transforms: dict) -> str:
@@ -201,7 +201,7 @@ def build_variants(steps: int, use_kernels: bool):
     add(3, none, False)
     per_preset = {}
     for name, args in PRESETS.items():
-        transforms = preset_transforms(args)
+        transforms = preset_transforms(args, steps)
         am = any(t is not None for t in transforms.values())
         rows = rows_per_image(steps, args)
         keys = {"torch": [add(r, transforms, False, name) for r in rows]}
@@ -394,7 +394,7 @@ def main():
     with torch.inference_mode():
         for v in variants:
             log(f"warm-up: {v.name}")
-            for _ in range(warmup):
+            for _ in range(max(1, warmup)):  # ≥ 1: the output is checked below
                 out = fns[v.key]()
             outputs[v.key] = out.float()
             finite[v.key] = bool(torch.isfinite(out).all())
@@ -430,7 +430,8 @@ def main():
     print(f"- one UNet call per variant, median of {repeats} interleaved rounds after {warmup} warm-up call(s)"
           + ("; CUDA events around the call" if cuda else
              "; process CPU time (1 thread)" if cpu_time else "; wall clock"))
-    print(f"- AM transforms: `transform_for(preset, part, step={REFERENCE_STEP}, total=4)` per part, groups=None "
+    print(f"- AM transforms: `transform_for(preset, part, step={min(REFERENCE_STEP, ns.steps - 1)}, "
+          f"total={ns.steps})` per part, groups=None "
           f"(one image per batch, so every row pools together, as a host's period of 1 does)\n")
 
     plain = eager[plain_key]
