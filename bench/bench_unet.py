@@ -231,9 +231,9 @@ def build_unet(device: torch.device, dtype: torch.dtype, config: dict):
     if device.type == "cuda":
         torch.cuda.synchronize()
     params = sum(p.numel() for p in unet.parameters())
-    log(f"built UNet: {params / 1e6:.1f} M params (incl. face k/v), {n_attn2} attn2 layers, "
-        f"{time.perf_counter() - t0:.1f} s")
-    return unet, state, params, n_attn2
+    build_s = time.perf_counter() - t0
+    log(f"built UNet: {params / 1e6:.1f} M params (incl. face k/v), {n_attn2} attn2 layers, {build_s:.1f} s")
+    return unet, state, params, n_attn2, build_s
 
 
 def make_inputs(rows: int, latent: int, config: dict, text_dim: int, face_tokens: int,
@@ -381,7 +381,7 @@ def main():
     t_start = time.perf_counter()
 
     import diffusers
-    unet, state, params, n_attn2 = build_unet(device, dtype, config)
+    unet, state, params, n_attn2, build_s = build_unet(device, dtype, config)
     variants, plain_key, per_preset = build_variants(ns.steps, use_kernels)
     gen = torch.Generator().manual_seed(0)
     inputs = {rows: make_inputs(rows, latent, config, text_dim, ns.face_tokens, device, dtype, gen)
@@ -401,7 +401,8 @@ def main():
         for v in variants:
             if v.kernels is not None:
                 torch_key = (v.rows, v.key[1], False)
-                max_diff[v.key] = float((outputs[v.key] - outputs[torch_key]).abs().max())
+                ref = outputs[torch_key]
+                max_diff[v.key] = (float((outputs[v.key] - ref).abs().max()), float(ref.abs().max()))
         del outputs, out
 
         log(f"timing {len(variants)} variants, {repeats} interleaved rounds")
@@ -422,7 +423,7 @@ def main():
     print(f"\n## UNet benchmark: {'SDXL-base' if sdxl else 'small SDXL-layout'} UNet, random weights, "
           f"IP-Adapter-FaceID face branch (T={ns.face_tokens}, λ={ns.scale}) in all {n_attn2} attn2 layers\n")
     print(f"- device: {dev_name}; torch {torch.__version__}, diffusers {diffusers.__version__}; {dtype}; "
-          f"{params / 1e6:.0f} M params; latent {latent}² ({latent * 8}² image)")
+          f"{params / 1e6:.0f} M params (built in {build_s:.0f} s); latent {latent}² ({latent * 8}² image)")
     print(f"- fused face-branch kernels: "
           + ("used (`kernels=KernelSwitch()`)" if use_kernels else
              "off (--no-fused)" if ns.no_fused else
@@ -448,7 +449,8 @@ def main():
         if v.kernels is not None:
             if not v.kernels.enabled:
                 label += f" — KERNELS TURNED OFF: {v.kernels.failed}"
-            label += f" (max abs diff vs torch path {max_diff[v.key]:.2e})"
+            diff, ref = max_diff[v.key]
+            label += f" (output vs torch path: max abs diff {diff:.1e}, of max abs {ref:.1e})"
         if not finite[v.key]:
             label += " (output NOT finite)"
         cells = f"| {label} | {fmt(eager[v.key])} | {ratio(eager[v.key], plain)} |"
