@@ -14,7 +14,7 @@ with the preset's transform in the layers its AM touches (down / mid / up), fuse
 On CUDA: fp16, full SDXL-base at 1024² (latent 128²). On CPU: a small config with SDXL's 70 attn2
 layers (so the per-layer host overhead weighs as in SDXL), fp32, latent 16², 1 thread by default.
 
-Timed, per variant, one UNet call: median over rounds in which every variant runs once, in turn
+Timed, per variant, one UNet call: median (and min) over rounds in which every variant runs once, in turn
 (CUDA: events around the call, then a synchronize; the code under test never syncs. CPU with one
 thread: the process's CPU time, which a busy shared machine inflates less than the wall clock).
 The per-image UNet time of each preset is COMPOSED from those medians: the sum, over the steps of
@@ -286,15 +286,15 @@ def timer(device: torch.device, cpu_clock: Callable[[], float] = time.perf_count
     return cpu_ms
 
 
-def interleaved_medians(fns: dict, repeats: int, measure: Callable, what: str) -> dict:
-    """Median ms of each function; every round runs each once, in turn, so drift hits all alike."""
+def interleaved_times(fns: dict, repeats: int, measure: Callable, what: str) -> dict:
+    """ms of each function in every round; a round runs each once, in turn, so drift hits all alike."""
     times = {name: [] for name in fns}
     t0 = time.perf_counter()
     for i in range(repeats):
         for name, fn in fns.items():
             times[name].append(measure(fn))
         log(f"  {what}: round {i + 1}/{repeats} ({time.perf_counter() - t0:.1f} s)")
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def first_line(exc: BaseException) -> str:
@@ -406,7 +406,9 @@ def main():
         del outputs, out
 
         log(f"timing {len(variants)} variants, {repeats} interleaved rounds")
-        eager = interleaved_medians({v.key: fns[v.key] for v in variants}, repeats, measure, "eager")
+        eager_times = interleaved_times({v.key: fns[v.key] for v in variants}, repeats, measure, "eager")
+        eager = {k: statistics.median(ts) for k, ts in eager_times.items()}
+        eager_min = {k: min(ts) for k, ts in eager_times.items()}
         graph_ms, graph_err = {}, {}
         if graphs_on:
             # capture the likeliest to fail last, so a broken context would cost the fewest results
@@ -416,7 +418,8 @@ def main():
             for graph in graphs.values():  # one untimed replay each
                 graph.replay()
             torch.cuda.synchronize()
-            graph_ms = interleaved_medians({k: g.replay for k, g in graphs.items()}, repeats, measure, "graphs")
+            graph_times = interleaved_times({k: g.replay for k, g in graphs.items()}, repeats, measure, "graphs")
+            graph_ms = {k: statistics.median(ts) for k, ts in graph_times.items()}
 
     # ---- report
     dev_name = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
@@ -437,8 +440,8 @@ def main():
 
     plain = eager[plain_key]
     plain_graph = graph_ms.get(plain_key)
-    head = "| one UNet call | eager ms | × plain FaceID |"
-    rule = "|---|---|---|"
+    head = "| one UNet call | eager ms | × plain FaceID | eager min ms | × plain (min) |"
+    rule = "|---|---|---|---|---|"
     if graphs_on:
         head += " CUDA graph | graph ms | × plain (graph) |"
         rule += "---|---|---|"
@@ -453,7 +456,8 @@ def main():
             label += f" (output vs torch path: max abs diff {diff:.1e}, of max abs {ref:.1e})"
         if not finite[v.key]:
             label += " (output NOT finite)"
-        cells = f"| {label} | {fmt(eager[v.key])} | {ratio(eager[v.key], plain)} |"
+        cells = (f"| {label} | {fmt(eager[v.key])} | {ratio(eager[v.key], plain)} | "
+                 f"{fmt(eager_min[v.key])} | {ratio(eager_min[v.key], eager_min[plain_key])} |")
         if graphs_on:
             if v.key in graph_err:
                 cells += f" no: {graph_err[v.key]} | — | — |"
