@@ -722,7 +722,7 @@ def test_no_host_read_of_a_tensor_in_fastface_while_sampling(forge_env, preset, 
     assert reads.forge, "the detector saw none of Forge's own reads (the sampler's, the IP-Adapter's)"
 
 
-def test_partial_window_applies_the_transform_inside_and_nothing_outside():
+def test_partial_window_applies_the_transform_inside_and_nothing_outside(forge_env):   # forge_env: cleanup
     q, k, v, options = _attention_inputs()
     patch = _patch(fs.Adapter(faceid=True))
     patch.sigma_start[0], patch.sigma_end[0] = 2.0, 0.5           # σ = 1.0 is inside
