@@ -98,12 +98,45 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
         mapped = transform(probs.transpose(-1, -2)).transpose(-1, -2)
     if recorder is not None:
         recorder(probs.transpose(-1, -2), None if transform is None else mapped.transpose(-1, -2))
-    out = torch.matmul(mapped.transpose(-1, -2), vf)               # (B, h, L, d)
     weight = getattr(transform, "output_adain", None)
-    if weight is not None and weight < 1.0:
-        reference = torch.matmul(probs.transpose(-1, -2), vf)     # the untransformed A·V
-        out = adain_blend_lean(out, reference, weight, dim=-1)
+    if weight is not None and weight < 1.0 and vf.shape[-1] >= 2:
+        out = _values_with_output_adain(mapped, probs, vf, weight)
+    else:
+        out = torch.matmul(mapped.transpose(-1, -2), vf)           # (B, h, L, d)
     return out.to(q.dtype)
+
+
+def _values_with_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: float) -> Tensor:
+    """A'·V blended by AdaIN (statistics over d) towards A·V, in one product.
+
+    With V = Vc + μV (μV the mean of each value row over d), A'·V = A'·Vc + A'·μV: its centred part
+    and its mean. So both maps, stacked, times [Vc | μV] give the centred outputs and their means
+    at once, and `adain_blend` becomes
+        out = (A'·Vc)·(w + (1 − w)·g) + w·μ' + (1 − w)·μ,   g = ‖A·Vc‖ / (‖A'·Vc‖ + ε·√(d − 1)).
+    Where g is not finite (an infinite reference) the output is only re-centred (scale 1)."""
+    d = v.shape[-1]
+    maps = torch.stack((mapped, probs)).transpose(-1, -2)             # (2, B, h, L, T)
+    both = torch.matmul(maps, torch.matmul(v, _centre_and_mean(d, v.device)))   # (2, B, h, L, d + 1)
+    centred, means = both[..., :d], both[..., d:]
+    norms = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)   # (2, B, h, L, 1)
+    gain = norms[1] / (norms[0] + ADAIN_EPS * (d - 1) ** 0.5)
+    scale = gain.mul_(1.0 - weight).add_(weight).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
+    return torch.addcmul(torch.lerp(means[1], means[0], weight), centred[0], scale)
+
+
+def _centre_and_mean(d: int, device: torch.device) -> Tensor:
+    """The (d, d + 1) matrix [I − 11ᵀ/d | 1/d]: V times it is [V − μV | μV] (fp32, cached per
+    device like `_flip_first`)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _make_centre_and_mean(d, device)
+    return _cached_centre_and_mean(d, device)
+
+
+def _make_centre_and_mean(d: int, device: torch.device) -> Tensor:
+    matrix = torch.full((d, d + 1), -1.0 / d, device=device)
+    matrix[:, d] = 1.0 / d
+    matrix[:, :d] += torch.eye(d, device=device)
+    return matrix
 
 
 def _fused(q, k, v, transform, kernels: KernelSwitch) -> Optional[Tensor]:
@@ -141,7 +174,7 @@ def adain_blend_lean(x: Tensor, reference: Tensor, weight: float, dim: int,
     if weight >= 1.0 or n < 2:
         return x
     xf, rf = x.float(), reference.float()
-    centered_x = xf - xf.mean(dim=dim, keepdim=True)
+    centered_x = torch.sub(xf, xf.sum(dim=dim, keepdim=True), alpha=1.0 / n)
     mean_r = rf.mean(dim=dim, keepdim=True) if reference_mean is None else reference_mean
     centered_r = rf - mean_r
     sq_x = torch.linalg.vecdot(centered_x, centered_x, dim=dim).unsqueeze(dim)   # (n − 1)·σx²
@@ -249,6 +282,7 @@ def _make_flip(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 _cached_flip = functools.lru_cache(maxsize=32)(_make_flip)
+_cached_centre_and_mean = functools.lru_cache(maxsize=32)(_make_centre_and_mean)
 
 
 def _softmask_token_major(t: Tensor, quantile: float, d: float, s: float, invert_first: bool,
