@@ -68,9 +68,18 @@ class KernelSwitch:
 
 
 # -- the face branch ---------------------------------------------------------------------------
+def _f32(t: Tensor) -> Tensor:
+    """t in fp32; an fp32 tensor as it is (a dtype check, not a dispatched no-op `.float()`)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def face_probs_token_major(q: Tensor, k: Tensor) -> Tensor:
     """softmax(q·kᵀ/√d) over the face tokens, fp32, token-major (B, heads, T, L)."""
-    qf, kf = q.float(), k.float()
+    qf, kf = _f32(q), _f32(k)
     scores = torch.matmul(kf * (qf.shape[-1] ** -0.5), qf.transpose(-1, -2))  # (B, h, T, L)
     return scores.softmax(dim=-2)
 
@@ -87,8 +96,8 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
         if out is not None:
             return out
     if transform is None and recorder is None:
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-    vf = v.float()
+        return _as(F.scaled_dot_product_attention(_f32(q), _f32(k), _f32(v)), q.dtype)
+    vf = _f32(v)
     probs = face_probs_token_major(q, k)                           # (B, h, T, L)
     if transform is None:
         mapped = probs
@@ -103,7 +112,7 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
         out = _values_with_output_adain(mapped, probs, vf, weight)
     else:
         out = torch.matmul(mapped.transpose(-1, -2), vf)           # (B, h, L, d)
-    return out.to(q.dtype)
+    return _as(out, q.dtype)
 
 
 def _values_with_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: float) -> Tensor:
@@ -173,7 +182,7 @@ def adain_blend_lean(x: Tensor, reference: Tensor, weight: float, dim: int,
     n = x.shape[dim]
     if weight >= 1.0 or n < 2:
         return x
-    xf, rf = x.float(), reference.float()
+    xf, rf = _f32(x), _f32(reference)
     centered_x = torch.sub(xf, xf.sum(dim=dim, keepdim=True), alpha=1.0 / n)
     mean_r = rf.mean(dim=dim, keepdim=True) if reference_mean is None else reference_mean
     centered_r = rf - mean_r
@@ -182,7 +191,7 @@ def adain_blend_lean(x: Tensor, reference: Tensor, weight: float, dim: int,
     gain = sq_r.sqrt_().div_(sq_x.sqrt_().add_(ADAIN_EPS * (n - 1) ** 0.5))
     delta = torch.rsub(xf, mean_r).addcmul_(centered_x, gain)
     delta = delta.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return torch.add(xf, delta, alpha=1.0 - weight).to(x.dtype)
+    return _as(torch.add(xf, delta, alpha=1.0 - weight), x.dtype)
 
 
 def adain_blend(x: Tensor, reference: Tensor, weight: float, dim: int) -> Tensor:
