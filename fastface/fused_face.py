@@ -136,12 +136,14 @@ def _pool_period(groups) -> int:
 
 
 def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
-                   block_l: Optional[int] = None, stats_block: Optional[int] = None) -> Tensor:
+                   block_l: Optional[int] = None, stats_block: Optional[int] = None,
+                   search_ways: Optional[int] = None) -> Tensor:
     """`attention.ip_attention(q, k, v, transform)` through the fused kernels; (B, H, L, d) in q.dtype.
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
-    NotImplementedError. `block_l` / `stats_block` override the block sizes (tests use small ones to
-    cover partial blocks and the streamed quantile)."""
+    NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) override the
+    block sizes and the quantile search's fan-out (tests use small blocks to cover partial blocks and
+    the streamed quantile, and both fan-outs)."""
     _check(q, k, v)
     if transform is not None and type(transform) not in (ScalePower, Softmask):
         raise NotImplementedError(f"transform {type(transform).__name__}")
@@ -170,11 +172,11 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                 BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
             return out
         return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale,
-                         stats_block)
+                         stats_block, search_ways)
 
 
 def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale,
-              stats_block):
+              stats_block, search_ways):
     b, h, length, d = q.shape
     tokens = k.shape[2]
     period = _pool_period(sm.groups)
@@ -197,9 +199,11 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
     k_lo = int(pos)
     k_hi = min(k_lo + 1, length - 1)
     chunk = stats_block or min(_pow2(length), STATS_BLOCK)
+    ways = search_ways or (16 if chunk <= 1024 else 4)   # the (ways, chunk) compare tile stays ≤ 16K
     kernels.token_stats[(tokens, rows_heads)](
         probs, stats, rows_heads, length, tokens, k_lo, k_hi, pos - k_lo, QUANTILE_FLOOR,
         INVERT_FIRST=bool(sm.invert_first), BLOCK=chunk, ONE_CHUNK=length <= chunk,
+        WAYS=ways, ITERS=-(-32 // (ways.bit_length() - 1)),
         num_warps=4 if chunk <= 1024 else 8)
     # 3. pooled statistics → mask → map AdaIN → ·v → output AdaIN
     kernels.softmask[grid](

@@ -144,13 +144,14 @@ if KERNELS_DEFINED:
     # ---- softmask kernel 2 of 3: per (row·head, token) min, max and quantile over L ----------------
     @triton.jit
     def token_stats_kernel(probs_ptr, stats_ptr, RH, L, T, k_lo, k_hi, frac, floor,
-                           INVERT_FIRST: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr):
+                           INVERT_FIRST: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
+                           WAYS: tl.constexpr, ITERS: tl.constexpr):
         """grid (T, B·H). For t = probs[rh, j, :] (token 0 inverted when INVERT_FIRST):
         stats[0] = min t, stats[1] = max t, stats[2] = max(quantile, floor) where the quantile is
         torch's linear one: x₍k_lo₎ + (x₍k_hi₎ − x₍k_lo₎)·frac over the sorted t.
 
-        The order statistics come from a bisection on the values' bit patterns (32 steps, each
-        counting the elements ≤ the midpoint): exact values, no sort, any L. With ONE_CHUNK the row
+        The order statistics come from a WAYS-way search on the values' bit patterns (each step counts
+        the elements ≤ WAYS thresholds): exact values, no sort, any L. With ONE_CHUNK the row
         stays in registers (L ≤ BLOCK); otherwise every step streams the row in BLOCK-sized chunks."""
         j = tl.program_id(0)
         rh = tl.program_id(1)
@@ -178,25 +179,33 @@ if KERNELS_DEFINED:
                 x = tl.where(flip, 1.0 - x, x)
                 mn = tl.minimum(mn, tl.min(tl.where(valid, x, float("inf")), axis=0))
                 mx = tl.maximum(mx, tl.max(tl.where(valid, x, float("-inf")), axis=0))
-        # smallest key with at least k_lo + 1 elements ≤ it is the key of x₍k_lo₎
+        # The smallest key with at least k_lo + 1 elements ≤ it is the key of x₍k_lo₎. Search [lo, hi]
+        # WAYS ways at a time: count the elements ≤ each of WAYS thresholds (one (WAYS, BLOCK) compare
+        # and one reduction), keep the first sub-range whose count reaches k_lo + 1. The range spans
+        # < 2³² keys, so ITERS = 32 / log2(WAYS) steps leave lo == hi.
         lo = _order_key(mn).to(tl.int64)
         hi = _order_key(mx).to(tl.int64)
-        for _ in range(32):
-            mid = lo + (hi - lo) // 2
+        ways = tl.arange(0, WAYS).to(tl.int64)
+        for _ in range(ITERS):
+            step = (hi - lo) // WAYS + 1
+            ends = lo + (ways + 1) * step - 1                                               # (WAYS,)
             if ONE_CHUNK:
-                count = tl.sum((valid & (key <= mid)).to(tl.int32), axis=0)
+                counts = tl.sum(((key[None, :] <= ends[:, None]) & valid[None, :]).to(tl.int32), axis=1)
             else:
-                count = 0
+                counts = tl.zeros((WAYS,), tl.int32)
                 for start in range(0, L, BLOCK):
                     valid = start + offs < L
                     x = tl.load(row + start + offs, mask=valid, other=0.0)
                     x = tl.where(flip, 1.0 - x, x)
                     bits = x.to(tl.int32, bitcast=True)
                     key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-                    count += tl.sum((valid & (key <= mid)).to(tl.int32), axis=0)
-            enough = count >= k_lo + 1
-            hi = tl.where(enough, mid, hi)
-            lo = tl.where(enough, lo, mid + 1)
+                    counts += tl.sum(((key[None, :] <= ends[:, None]) & valid[None, :]).to(tl.int32), axis=1)
+            # counts grow with the threshold, so the first sub-range that reaches k_lo + 1 is number
+            # `below` = how many thresholds fall short (the last one, ≥ hi, never does)
+            below = tl.sum((counts < k_lo + 1).to(tl.int64), axis=0)
+            new_lo = lo + below * step
+            hi = tl.minimum(new_lo + step - 1, hi)
+            lo = new_lo
         # x₍k_lo₎ is the element with that key; x₍k_hi₎ (k_hi = k_lo + 1, or k_lo at the end) is the
         # same value when enough elements tie with it, else the smallest element above it
         if ONE_CHUNK:
