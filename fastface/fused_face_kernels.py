@@ -84,8 +84,19 @@ if KERNELS_DEFINED:
         tl.store(out_row + offs_l[:, None] * so_l + offs_d[None, :] * so_d,
                  out.to(out_row.dtype.element_ty), mask=(offs_l[:, None] < L) & (offs_d[None, :] < D))
 
+    # Sizes are not specialised on (Triton would compile again for every L, T, H, ... that is or is not
+    # a multiple of 16); strides are, so the loads keep their vector width.
+    _SIZES = ["R", "H", "L", "T", "D", "P", "RH", "k_lo", "k_hi"]
+
+    def _sizes_of(fn):
+        import inspect
+        return [name for name in inspect.signature(fn).parameters if name in _SIZES]
+
+    def _jit(fn):
+        return triton.jit(fn, do_not_specialize=_sizes_of(fn))
+
     # ---- kernel 1 of 1 (no transform, scale-power): softmax → [scale-power] → ·v → [output AdaIN] ----
-    @triton.jit
+    @_jit
     def direct_kernel(q_ptr, k_ptr, v_ptr, out_ptr,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
                       so_b, so_h, so_l, so_d,
@@ -117,7 +128,7 @@ if KERNELS_DEFINED:
         _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
 
     # ---- softmask kernel 1 of 3: the probabilities, token-major, into a scratch buffer ----------------
-    @triton.jit
+    @_jit
     def probs_kernel(q_ptr, k_ptr, probs_ptr,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d,
                      H, L, T, D, scale,
@@ -142,7 +153,7 @@ if KERNELS_DEFINED:
         return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
     # ---- softmask kernel 2 of 3: per (row·head, token) min, max and quantile over L ----------------
-    @triton.jit
+    @_jit
     def token_stats_kernel(probs_ptr, stats_ptr, RH, L, T, k_lo, k_hi, frac, floor,
                            INVERT_FIRST: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
                            WAYS: tl.constexpr, ITERS: tl.constexpr):
@@ -249,7 +260,7 @@ if KERNELS_DEFINED:
         return tl.minimum(s * ((sg - mn2) * inv2), clamp_max)
 
     # ---- softmask kernel 3 of 3: pooled statistics → mask → map AdaIN → ·v → output AdaIN ----------
-    @triton.jit
+    @_jit
     def softmask_kernel(probs_ptr, stats_ptr, v_ptr, out_ptr,
                         sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_l, so_d,
                         R, H, L, T, D, P, d, s, clamp_max, w, wc, eps,
