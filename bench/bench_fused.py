@@ -2,6 +2,7 @@
 
     python bench/bench_fused.py            # the table (+ errors and CUDA-graph checks), < 1 min on an H200
     python bench/bench_fused.py --sweep    # correctness only, over more shapes / dtypes / transforms
+    python bench/bench_fused.py --profile  # GPU µs per fused kernel (torch.profiler)
 
 For every shape (rows 3 = DCG's cond / id / uncond, heads 10 at L 4096 and 20 at L 1024 — SDXL's two
 attention levels at 1024² —, T 4 and 16 face tokens, d 64) and transform (none, scale-power,
@@ -154,16 +155,18 @@ def bench(args):
 def sweep():
     """Fused vs torch over more shapes, dtypes and transforms (correctness only)."""
     tol = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 1e-3), torch.bfloat16: (2e-3, 8e-3)}
-    cases = [  # rows, heads, L, T, d
-        (3, 10, 4096, 4, 64), (3, 20, 1024, 16, 64), (2, 8, 4096, 4, 40), (2, 8, 1024, 16, 80),
-        (2, 8, 256, 4, 160), (6, 5, 77, 1, 64), (2, 2, 9216, 4, 40), (4, 10, 1000, 7, 64)]
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    cases = [  # rows, heads, L, T, d, dtypes (few, to keep Triton's compiles few)
+        (3, 10, 4096, 4, 64, (f16, f32)), (3, 20, 1024, 16, 64, (f16, bf16)), (2, 8, 4096, 4, 40, (f16,)),
+        (2, 8, 1024, 16, 80, (f16, f32)), (2, 8, 256, 4, 160, (f16,)), (6, 5, 77, 1, 64, (f32,)),
+        (2, 2, 9216, 4, 40, (f16,)), (4, 10, 1000, 7, 64, (f16,))]
     transforms = dict(TRANSFORMS)
     transforms["scale-power+out-adain"] = ScalePower(1.5, 1.3, 10.0, output_adain=0.7)
     transforms["softmask-P2-noinvert"] = Softmask(0.65, 7.5, 1.0, invert_first=False, adain=1.0, groups=2)
     transforms["softmask-P1-adain0.5"] = Softmask(0.3, 5.0, 1.55, invert_first=True, adain=0.5, groups=1)
     failures, worst = [], {}
-    for rows, heads, length, tokens, d in cases:
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for rows, heads, length, tokens, d, dtypes in cases:
+        for dtype in dtypes:
             q, k, v = make_inputs(rows, heads, length, tokens, d=d, dtype=dtype, seed=length + tokens)
             q = q * torch.linspace(0.3, 3.0, rows, device="cuda", dtype=dtype).view(rows, 1, 1, 1)
             for name, t in transforms.items():
@@ -185,11 +188,30 @@ def sweep():
     return failures
 
 
+def profile(args):
+    """GPU time per kernel of the fused path (torch.profiler), for each transform at SDXL's L = 4096."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    for tokens in (4, 16):
+        q, k, v = make_inputs(3, 10, 4096, tokens)
+        for name, t in TRANSFORMS.items():
+            fused_path(q, k, v, t)
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.calls):
+                    fused_path(q, k, v, t)
+                torch.cuda.synchronize()
+            rows = [(e.key, e.device_time_total / e.count, e.count) for e in prof.key_averages() if e.count]
+            line = ", ".join(f"{key[:28]} {us:.1f} µs" for key, us, count in sorted(rows, key=lambda r: -r[1]))
+            print(f"profile 3×10×4096×{tokens} {name}: {line}")
+    return []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20, help="calls per timed run")
     parser.add_argument("--reps", type=int, default=15, help="timed runs per path (median)")
     parser.add_argument("--sweep", action="store_true", help="correctness over more shapes, then exit")
+    parser.add_argument("--profile", action="store_true", help="GPU µs per fused kernel, then exit")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_fused: needs CUDA (the fused face branch is a CUDA path); nothing to measure here.")
@@ -199,7 +221,7 @@ def main():
         return 0
     started = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = False  # the torch path's fp32 matmuls stay fp32
-    failures = sweep() if args.sweep else bench(args)
+    failures = sweep() if args.sweep else profile(args) if args.profile else bench(args)
     print(f"{'FAILURES' if failures else 'all checks passed'} ({time.perf_counter() - started:.1f} s)")
     for line in failures:
         print("  " + line)

@@ -36,16 +36,21 @@ if KERNELS_DEFINED:
         return (x == x) & (tl.abs(x) < float("inf"))
 
     @triton.jit
-    def _face_probs(q_row, k_row, offs_l, offs_t, offs_d, sq_l, sq_d, sk_t, sk_d, L, T, D, scale):
+    def _face_probs(q_row, k_row, offs_l, offs_t, offs_d, sq_l, sq_d, sk_t, sk_d, L, T, D, scale,
+                    NATIVE: tl.constexpr):
         """softmax(q·kᵀ·scale) over the T face tokens for one block of queries → (BLOCK_L, T_PAD) fp32;
         padded tokens are exactly 0 (exp(−inf)), padded query rows hold a harmless uniform row."""
         q = tl.load(q_row + offs_l[:, None] * sq_l + offs_d[None, :] * sq_d,
                     mask=(offs_l[:, None] < L) & (offs_d[None, :] < D), other=0.0)       # (BLOCK_L, D_PAD)
         k = tl.load(k_row + offs_t[:, None] * sk_t + offs_d[None, :] * sk_d,
                     mask=(offs_t[:, None] < T) & (offs_d[None, :] < D), other=0.0)       # (T_PAD, D_PAD)
-        # fp32 products (exact for fp16 / bf16 inputs) and fp32 sums, no TF32: q.float() @ k.float()ᵀ as on
-        # the torch path (the face branch is tiny, so the FMA path costs nothing next to the launch)
-        scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        if NATIVE:
+            # fp16 / bf16 on tensor cores: the products are exact in fp32 and accumulate in fp32, so this
+            # is q.float() @ k.float()ᵀ of the torch path up to the order of the sums
+            scores = tl.dot(q, tl.trans(k), out_dtype=tl.float32)
+        else:
+            # fp32 (no TF32), like torch's fp32 matmul
+            scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         scores = scores * scale                                                            # (BLOCK_L, T_PAD)
         scores = tl.where(offs_t[None, :] < T, scores, float("-inf"))
         row_max = tl.max(scores, axis=1)
@@ -54,8 +59,28 @@ if KERNELS_DEFINED:
 
     @triton.jit
     def _load_values(v_row, offs_t, offs_d, sv_t, sv_d, T, D):
+        """v (T_PAD, D_PAD) in its own dtype, padding 0."""
         return tl.load(v_row + offs_t[:, None] * sv_t + offs_d[None, :] * sv_d,
-                       mask=(offs_t[:, None] < T) & (offs_d[None, :] < D), other=0.0).to(tl.float32)
+                       mask=(offs_t[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+
+    @triton.jit
+    def _times_values(a, v, NATIVE: tl.constexpr, PARTS: tl.constexpr):
+        """a (BLOCK_L, T_PAD) fp32 · v (T_PAD, D_PAD) → fp32, as the torch path's a @ v.float().
+
+        NATIVE (fp16 / bf16 v): a is split into PARTS terms of v's dtype, a ≈ a₁ + a₂ (+ a₃), each
+        the rounding of what the previous ones left (fp16: 2 × 11 bits, bf16: 3 × 8 bits, so ~22-24
+        bits as in fp32), and the products a_i·v run on tensor cores with fp32 accumulation: exact
+        products of exactly represented v. Else (fp32) a true fp32 product (no TF32)."""
+        if NATIVE:
+            hi = a.to(v.dtype)
+            rest = a - hi.to(tl.float32)
+            mid = rest.to(v.dtype)
+            out = tl.dot(mid, v, acc=tl.dot(hi, v, out_dtype=tl.float32))
+            if PARTS == 3:
+                out = tl.dot((rest - mid.to(tl.float32)).to(v.dtype), v, acc=out)
+        else:
+            out = tl.dot(a, v.to(tl.float32), input_precision="ieee")
+        return out
 
     @triton.jit
     def _output_adain(out, a_new, a_orig, v, offs_d, D, w, wc, eps):
@@ -64,6 +89,7 @@ if KERNELS_DEFINED:
         so its mean over d is a·m and its (unbiased) variance a·C·aᵀ, with m (T) the value rows' means and
         C (T, T) their covariance over d. The finite guard is per query row (the torch path checks the
         whole call at once; both leave the rows alone when the statistics are not finite)."""
+        v = v.to(tl.float32)
         mean_v = tl.sum(v, axis=1) / D                                                     # (T_PAD,)
         centered = tl.where(offs_d[None, :] < D, v - mean_v[:, None], 0.0)                # (T_PAD, D_PAD)
         cov = tl.dot(centered, tl.trans(centered), input_precision="ieee") / (D - 1)      # (T_PAD, T_PAD)
@@ -101,7 +127,8 @@ if KERNELS_DEFINED:
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
                       so_b, so_h, so_l, so_d,
                       H, L, T, D, scale, s, p, zero_pow, clamp_max, w, wc, eps,
-                      SCALE_POWER: tl.constexpr, OUT_ADAIN: tl.constexpr,
+                      SCALE_POWER: tl.constexpr, OUT_ADAIN: tl.constexpr, NATIVE: tl.constexpr,
+                      PARTS: tl.constexpr,
                       BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
         """grid (cdiv(L, BLOCK_L), B·H). A' = min(s·Aᵖ, clamp_max) elementwise, A = softmax over T."""
         pid_l = tl.program_id(0)
@@ -112,7 +139,7 @@ if KERNELS_DEFINED:
         offs_t = tl.arange(0, T_PAD)
         offs_d = tl.arange(0, D_PAD)
         a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
-                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale)                    # (BLOCK_L, T_PAD)
+                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)                    # (BLOCK_L, T_PAD)
         v = _load_values(v_ptr + b * sv_b + h * sv_h, offs_t, offs_d, sv_t, sv_d, T, D)    # (T_PAD, D_PAD)
         if SCALE_POWER:
             base = tl.maximum(a, 0.0)
@@ -122,7 +149,7 @@ if KERNELS_DEFINED:
             a_new = tl.where(offs_t[None, :] < T, a_new, 0.0)
         else:
             a_new = a
-        out = tl.dot(a_new, v, input_precision="ieee")                                    # (BLOCK_L, D_PAD)
+        out = _times_values(a_new, v, NATIVE, PARTS)                                       # (BLOCK_L, D_PAD)
         if OUT_ADAIN:
             out = _output_adain(out, a_new, a, v, offs_d, D, w, wc, eps)
         _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
@@ -132,7 +159,7 @@ if KERNELS_DEFINED:
     def probs_kernel(q_ptr, k_ptr, probs_ptr,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d,
                      H, L, T, D, scale,
-                     BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
+                     NATIVE: tl.constexpr, BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
         """grid (cdiv(L, BLOCK_L), B·H): probs[b·H + h, t, l] = softmax(q·kᵀ/√d)[b, h, l, t]."""
         pid_l = tl.program_id(0)
         rh = tl.program_id(1)
@@ -142,7 +169,7 @@ if KERNELS_DEFINED:
         offs_t = tl.arange(0, T_PAD)
         offs_d = tl.arange(0, D_PAD)
         a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
-                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale)
+                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)
         dst = probs_ptr + rh * T * L + offs_t[None, :] * L + offs_l[:, None]
         tl.store(dst, a, mask=(offs_l[:, None] < L) & (offs_t[None, :] < T))
 
@@ -265,6 +292,7 @@ if KERNELS_DEFINED:
                         sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_l, so_d,
                         R, H, L, T, D, P, d, s, clamp_max, w, wc, eps,
                         INVERT_FIRST: tl.constexpr, MAP_ADAIN: tl.constexpr, OUT_ADAIN: tl.constexpr,
+                        NATIVE: tl.constexpr, PARTS: tl.constexpr,
                         BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, RH_PAD: tl.constexpr):
         """grid (cdiv(L, BLOCK_L), R·H), R = B rows. Row r pools its min/max with the rows r' where
         r' % P == r % P (P = 1 pools the whole call).
@@ -335,7 +363,7 @@ if KERNELS_DEFINED:
             blended = (mask * w + wc * mean_a[:, None]) + cen_m * (gain * wc)[:, None]
             mask = tl.where(ok[:, None] & tok_ok[None, :], blended, mask)
         v = _load_values(v_ptr + b * sv_b + h * sv_h, offs_t, offs_d, sv_t, sv_d, T, D)    # (T_PAD, D_PAD)
-        out = tl.dot(mask, v, input_precision="ieee")                                      # (BLOCK_L, D_PAD)
+        out = _times_values(mask, v, NATIVE, PARTS)                                        # (BLOCK_L, D_PAD)
         if OUT_ADAIN:
             out = _output_adain(out, mask, a, v, offs_d, D, w, wc, eps)
         _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
