@@ -208,7 +208,7 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
     kernels.token_stats[(tokens, rows_heads)](
         probs, stats, rows_heads, length, tokens, k_lo, k_hi, pos - k_lo, QUANTILE_FLOOR,
         INVERT_FIRST=bool(sm.invert_first), BLOCK=chunk, ONE_CHUNK=length <= chunk,
-        WAYS=ways, ITERS=-(-32 // (ways.bit_length() - 1)),
+        CHUNKS=_pow2(triton_cdiv(length, chunk), 1), WAYS=ways, ITERS=-(-32 // (ways.bit_length() - 1)),
         num_warps=4 if chunk <= 1024 else 8)
     # 3. pooled statistics → mask → map AdaIN → ·v → output AdaIN
     kernels.softmask[grid](

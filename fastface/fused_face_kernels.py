@@ -83,22 +83,23 @@ if KERNELS_DEFINED:
         return out
 
     @triton.jit
-    def _output_adain(out, a_new, a_orig, v, offs_d, D, w, wc, eps):
-        """`attention._output_adain` for one block: out (BLOCK_L, D_PAD) = a_new·v, blended towards the
-        statistics over d of a_orig·v without forming it. Each output row is a mix of the T value rows,
-        so its mean over d is a·m and its (unbiased) variance a·C·aᵀ, with m (T) the value rows' means and
-        C (T, T) their covariance over d. The finite guard is per query row (the torch path checks the
-        whole call at once; both leave the rows alone when the statistics are not finite)."""
-        v = v.to(tl.float32)
-        mean_v = tl.sum(v, axis=1) / D                                                     # (T_PAD,)
-        centered = tl.where(offs_d[None, :] < D, v - mean_v[:, None], 0.0)                # (T_PAD, D_PAD)
-        cov = tl.dot(centered, tl.trans(centered), input_precision="ieee") / (D - 1)      # (T_PAD, T_PAD)
-        mean_x = tl.sum(a_new * mean_v[None, :], axis=1)                                   # (BLOCK_L,)
-        var_x = tl.sum(tl.dot(a_new, cov, input_precision="ieee") * a_new, axis=1)
-        mean_r = tl.sum(a_orig * mean_v[None, :], axis=1)
-        var_r = tl.sum(tl.dot(a_orig, cov, input_precision="ieee") * a_orig, axis=1)
-        std_x = tl.sqrt(tl.maximum(var_x, 0.0))
-        std_r = tl.sqrt(tl.maximum(var_r, 0.0))
+    def _row_stats(x, offs_d, D):
+        """Mean and unbiased std over d of each row of x (BLOCK_L, D_PAD), padding excluded."""
+        mean = tl.sum(tl.where(offs_d[None, :] < D, x, 0.0), axis=1) / D
+        centered = tl.where(offs_d[None, :] < D, x - mean[:, None], 0.0)
+        return mean, tl.sqrt(tl.sum(centered * centered, axis=1) / (D - 1))
+
+    @triton.jit
+    def _output_adain(out, a_orig, v, offs_d, D, w, wc, eps, NATIVE: tl.constexpr, PARTS: tl.constexpr):
+        """`attention.adain_blend(out, a_orig·v, w, dim=-1)` for one block of rows, out (BLOCK_L, D_PAD):
+        w·out + (1 − w)·((out − μ)/(σ + eps)·σ_ref + μ_ref), statistics over d. The torch path gets them
+        from v's per-token mean and covariance (`_output_adain`: μ = a·m, σ² = a·C·aᵀ); here the rows
+        are in registers, so the statistics are taken from them directly (one more tensor-core
+        product for a_orig·v) — the same values up to fp32 rounding. The finite guard is per query
+        row (the torch path checks the whole call at once; both leave rows alone when not finite)."""
+        ref = _times_values(a_orig, v, NATIVE, PARTS)                                     # (BLOCK_L, D_PAD)
+        mean_x, std_x = _row_stats(out, offs_d, D)                                         # (BLOCK_L,)
+        mean_r, std_r = _row_stats(ref, offs_d, D)
         gain = std_r / (std_x + eps)
         scale = w + wc * gain
         shift = wc * (mean_r - mean_x * gain)
@@ -151,7 +152,7 @@ if KERNELS_DEFINED:
             a_new = a
         out = _times_values(a_new, v, NATIVE, PARTS)                                       # (BLOCK_L, D_PAD)
         if OUT_ADAIN:
-            out = _output_adain(out, a_new, a, v, offs_d, D, w, wc, eps)
+            out = _output_adain(out, a, v, offs_d, D, w, wc, eps, NATIVE, PARTS)
         _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
 
     # ---- softmask kernel 1 of 3: the probabilities, token-major, into a scratch buffer ----------------
@@ -183,14 +184,16 @@ if KERNELS_DEFINED:
     @_jit
     def token_stats_kernel(probs_ptr, stats_ptr, RH, L, T, k_lo, k_hi, frac, floor,
                            INVERT_FIRST: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
-                           WAYS: tl.constexpr, ITERS: tl.constexpr):
+                           CHUNKS: tl.constexpr, WAYS: tl.constexpr, ITERS: tl.constexpr):
         """grid (T, B·H). For t = probs[rh, j, :] (token 0 inverted when INVERT_FIRST):
         stats[0] = min t, stats[1] = max t, stats[2] = max(quantile, floor) where the quantile is
         torch's linear one: x₍k_lo₎ + (x₍k_hi₎ − x₍k_lo₎)·frac over the sorted t.
 
         The order statistics come from a WAYS-way search on the values' bit patterns (each step counts
         the elements ≤ WAYS thresholds): exact values, no sort, any L. With ONE_CHUNK the row
-        stays in registers (L ≤ BLOCK); otherwise every step streams the row in BLOCK-sized chunks."""
+        stays in registers (L ≤ BLOCK); otherwise every step streams the row in CHUNKS chunks of BLOCK
+        (cdiv(L, BLOCK) rounded up to a power of two, the surplus masked: a compile-time trip count,
+        and L itself is never specialised on)."""
         j = tl.program_id(0)
         rh = tl.program_id(1)
         row = probs_ptr + (rh * T + j) * L
@@ -211,7 +214,7 @@ if KERNELS_DEFINED:
         else:
             mn = float("inf")
             mx = float("-inf")
-            for start in range(0, L, BLOCK):
+            for start in range(0, CHUNKS * BLOCK, BLOCK):
                 valid = start + offs < L
                 x = tl.load(row + start + offs, mask=valid, other=0.0)
                 x = tl.where(flip, 1.0 - x, x)
@@ -231,7 +234,7 @@ if KERNELS_DEFINED:
                 counts = tl.sum(((key[None, :] <= ends[:, None]) & valid[None, :]).to(tl.int32), axis=1)
             else:
                 counts = tl.zeros((WAYS,), tl.int32)
-                for start in range(0, L, BLOCK):
+                for start in range(0, CHUNKS * BLOCK, BLOCK):
                     valid = start + offs < L
                     x = tl.load(row + start + offs, mask=valid, other=0.0)
                     x = tl.where(flip, 1.0 - x, x)
@@ -254,7 +257,7 @@ if KERNELS_DEFINED:
             x_lo = float("-inf")
             above = float("inf")
             count = 0
-            for start in range(0, L, BLOCK):
+            for start in range(0, CHUNKS * BLOCK, BLOCK):
                 valid = start + offs < L
                 x = tl.load(row + start + offs, mask=valid, other=0.0)
                 x = tl.where(flip, 1.0 - x, x)
@@ -365,5 +368,5 @@ if KERNELS_DEFINED:
         v = _load_values(v_ptr + b * sv_b + h * sv_h, offs_t, offs_d, sv_t, sv_d, T, D)    # (T_PAD, D_PAD)
         out = _times_values(mask, v, NATIVE, PARTS)                                        # (BLOCK_L, D_PAD)
         if OUT_ADAIN:
-            out = _output_adain(out, mask, a, v, offs_d, D, w, wc, eps)
+            out = _output_adain(out, a, v, offs_d, D, w, wc, eps, NATIVE, PARTS)
         _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
