@@ -189,20 +189,29 @@ def sweep():
 
 
 def profile(args):
-    """GPU time per kernel of the fused path (torch.profiler), for each transform at SDXL's L = 4096."""
+    """GPU time per kernel of the fused path (torch.profiler) at SDXL's L = 4096, for the default
+    blocks and a few alternatives (block_l: queries per program; ways / warps of the quantile search)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
+    variants = {"none": [{}, {"block_l": 32}, {"block_l": 128}],
+                "scale-power": [{}],
+                "softmask+adain": [{}, {"block_l": 32}, {"block_l": 128}, {"search_ways": 8},
+                                   {"search_ways": 2}, {"stats_warps": 4}, {"stats_warps": 16}]}
     for tokens in (4, 16):
         q, k, v = make_inputs(3, 10, 4096, tokens)
         for name, t in TRANSFORMS.items():
-            fused_path(q, k, v, t)
-            torch.cuda.synchronize()
-            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.calls):
-                    fused_path(q, k, v, t)
+            for kw in variants[name]:
+                fn = lambda: fused_face.face_attention(q, k, v, t, **kw)  # noqa: E731
+                fn()
                 torch.cuda.synchronize()
-            rows = [(e.key, e.device_time_total / e.count, e.count) for e in prof.key_averages() if e.count]
-            line = ", ".join(f"{key[:28]} {us:.1f} µs" for key, us, count in sorted(rows, key=lambda r: -r[1]))
-            print(f"profile 3×10×4096×{tokens} {name}: {line}")
+                with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(args.calls):
+                        fn()
+                    torch.cuda.synchronize()
+                rows = [(e.key, e.device_time_total / e.count) for e in prof.key_averages()
+                        if e.count and e.key.endswith("_kernel")]
+                total = sum(us for _, us in rows)
+                line = ", ".join(f"{key} {us:.1f}" for key, us in sorted(rows, key=lambda r: -r[1]))
+                print(f"profile 3×10×4096×{tokens} {name:>14} {str(kw or 'default'):>22}: {total:6.1f} µs = {line}")
     return []
 
 

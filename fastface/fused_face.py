@@ -137,12 +137,12 @@ def _pool_period(groups) -> int:
 
 def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                    block_l: Optional[int] = None, stats_block: Optional[int] = None,
-                   search_ways: Optional[int] = None) -> Tensor:
+                   search_ways: Optional[int] = None, stats_warps: Optional[int] = None) -> Tensor:
     """`attention.ip_attention(q, k, v, transform)` through the fused kernels; (B, H, L, d) in q.dtype.
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
-    NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) override the
-    block sizes and the quantile search's fan-out (tests use small blocks to cover partial blocks and
+    NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) /
+    `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use small blocks to cover partial blocks and
     the streamed quantile, and both fan-outs)."""
     _check(q, k, v)
     if transform is not None and type(transform) not in (ScalePower, Softmask):
@@ -177,11 +177,11 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                 BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
             return out
         return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale,
-                         stats_block, search_ways, native, parts)
+                         stats_block, search_ways, stats_warps, native, parts)
 
 
 def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale,
-              stats_block, search_ways, native, parts):
+              stats_block, search_ways, stats_warps, native, parts):
     b, h, length, d = q.shape
     tokens = k.shape[2]
     period = _pool_period(sm.groups)
@@ -209,7 +209,7 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
         probs, stats, rows_heads, length, tokens, k_lo, k_hi, pos - k_lo, QUANTILE_FLOOR,
         INVERT_FIRST=bool(sm.invert_first), BLOCK=chunk, ONE_CHUNK=length <= chunk,
         CHUNKS=_pow2(triton_cdiv(length, chunk), 1), WAYS=ways, ITERS=-(-32 // (ways.bit_length() - 1)),
-        num_warps=4 if chunk <= 1024 else 8)
+        num_warps=stats_warps or (4 if chunk <= 1024 else 8))
     # 3. pooled statistics → mask → map AdaIN → ·v → output AdaIN
     kernels.softmask[grid](
         probs, stats, v, out, *v.stride(), *out.stride(),
