@@ -108,11 +108,41 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
     if recorder is not None:
         recorder(probs.transpose(-1, -2), None if transform is None else mapped.transpose(-1, -2))
     weight = getattr(transform, "output_adain", None)
-    if weight is not None and weight < 1.0 and vf.shape[-1] >= 2:
-        out = _values_with_output_adain(mapped, probs, vf, weight)
-    else:
+    if weight is None or weight >= 1.0 or vf.shape[-1] < 2:
         out = torch.matmul(mapped.transpose(-1, -2), vf)           # (B, h, L, d)
+    elif probs.shape[-1] >= LARGE_MAP:
+        out = _values_then_output_adain(mapped, probs, vf, weight)
+    else:
+        out = _values_with_output_adain(mapped, probs, vf, weight)
     return _as(out, q.dtype)
+
+
+LARGE_MAP = 256   # L from which the output AdaIN's statistics come from the maps (fewer FLOPs)
+
+
+def _values_then_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: float) -> Tensor:
+    """A'·V blended by AdaIN (statistics over d) towards A·V without computing A·V: every output
+    row is a mix of the T value rows, so μ = A·m and σ² = A·C·Aᵀ with m the mean of each value row
+    and C their (unbiased) covariance over d — (L × T × T) work instead of another (L × T × d)
+    product and passes over (L × d). For large L (the CPU's big layers); small calls, where the
+    number of kernels is what counts, take `_values_with_output_adain`."""
+    d = v.shape[-1]
+    out = torch.matmul(mapped.transpose(-1, -2), v)                     # (B, h, L, d)
+    mean_v = v.mean(dim=-1, keepdim=True)                               # (B, h, T, 1)
+    centred = v - mean_v
+    cov = torch.matmul(centred, centred.transpose(-1, -2)).div_(d - 1)  # (B, h, T, T)
+
+    def stats(a):                                                       # a (B, h, T, L)
+        at = a.transpose(-1, -2)
+        var = torch.matmul(at, cov).mul_(at).sum(dim=-1, keepdim=True)
+        return torch.matmul(at, mean_v), var.clamp_min_(0.0).sqrt_()  # (B, h, L, 1) each
+
+    mean_x, std_x = stats(mapped)
+    mean_r, std_r = stats(probs)
+    gain = std_r.div_(std_x.add_(ADAIN_EPS))
+    shift = torch.addcmul(mean_r, mean_x, gain, value=-1.0).mul_(1.0 - weight).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    scale = gain.mul_(1.0 - weight).add_(weight).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
+    return torch.addcmul(shift, out, scale)
 
 
 def _values_with_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: float) -> Tensor:
