@@ -136,12 +136,14 @@ def _pool_period(groups) -> int:
 
 
 def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
-                   block_l: Optional[int] = None, stats_block: Optional[int] = None) -> Tensor:
+                   block_l: Optional[int] = None, stats_block: Optional[int] = None,
+                   search_ways: Optional[int] = None, stats_warps: Optional[int] = None) -> Tensor:
     """`attention.ip_attention(q, k, v, transform)` through the fused kernels; (B, H, L, d) in q.dtype.
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
-    NotImplementedError. `block_l` / `stats_block` override the block sizes (tests use small ones to
-    cover partial blocks and the streamed quantile)."""
+    NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) /
+    `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use small blocks to cover partial blocks and
+    the streamed quantile, and both fan-outs)."""
     _check(q, k, v)
     if transform is not None and type(transform) not in (ScalePower, Softmask):
         raise NotImplementedError(f"transform {type(transform).__name__}")
@@ -152,6 +154,11 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
     if block_l is None:
         block_l = 64 if d_pad <= 128 else 32
     scale = d ** -0.5
+    # fp16 / bf16 products on tensor cores (exact, fp32 accumulation); fp32 as fp32. bf16 goes the fp32
+    # way in Triton's CPU interpreter, whose bf16 tl.dot is wrong (3.9); the GPU sweep of
+    # bench/bench_fused.py covers bf16 on tensor cores.
+    native = q.dtype == torch.float16 or (q.dtype == torch.bfloat16 and not _interpret_requested())
+    parts = 3 if q.dtype == torch.bfloat16 else 2
     out = torch.empty((b, h, length, d), dtype=q.dtype, device=q.device)
     grid = (triton_cdiv(length, block_l), b * h)
     with _on_device(q):
@@ -166,15 +173,15 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                 float(transform.s) if sp else 1.0, float(transform.p) if sp else 1.0,
                 _zero_pow(float(transform.p)) if sp else 0.0,
                 float(transform.clamp_max) if sp else 0.0, w, 1.0 - w, ADAIN_EPS,
-                SCALE_POWER=sp, OUT_ADAIN=out_adain,
+                SCALE_POWER=sp, OUT_ADAIN=out_adain, NATIVE=native, PARTS=parts,
                 BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
             return out
         return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale,
-                         stats_block)
+                         stats_block, search_ways, stats_warps, native, parts)
 
 
 def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale,
-              stats_block):
+              stats_block, search_ways, stats_warps, native, parts):
     b, h, length, d = q.shape
     tokens = k.shape[2]
     period = _pool_period(sm.groups)
@@ -190,22 +197,25 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
 
     # 1. A, token-major
     kernels.probs[grid](q, k, probs, *q.stride(), *k.stride(), h, length, tokens, d, scale,
-                        BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
+                        NATIVE=native, BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
     # 2. per (row·head, token) min, max and the quantile (torch's linear interpolation, positions
     #    fixed by L alone: x₍lo₎ + (x₍hi₎ − x₍lo₎)·frac over the sorted values)
     pos = float(sm.quantile) * (length - 1)
     k_lo = int(pos)
     k_hi = min(k_lo + 1, length - 1)
     chunk = stats_block or min(_pow2(length), STATS_BLOCK)
+    ways = search_ways or (16 if chunk <= 1024 else 4)   # the (ways, chunk) compare tile stays ≤ 16K
     kernels.token_stats[(tokens, rows_heads)](
         probs, stats, rows_heads, length, tokens, k_lo, k_hi, pos - k_lo, QUANTILE_FLOOR,
         INVERT_FIRST=bool(sm.invert_first), BLOCK=chunk, ONE_CHUNK=length <= chunk,
-        num_warps=4 if chunk <= 1024 else 8)
+        CHUNKS=_pow2(triton_cdiv(length, chunk), 1), WAYS=ways, ITERS=-(-32 // (ways.bit_length() - 1)),
+        num_warps=stats_warps or (4 if chunk <= 1024 else 8))
     # 3. pooled statistics → mask → map AdaIN → ·v → output AdaIN
     kernels.softmask[grid](
         probs, stats, v, out, *v.stride(), *out.stride(),
         b, h, length, tokens, d, period, float(sm.d), float(sm.s), float(sm.clamp_max), w, 1.0 - w, ADAIN_EPS,
         INVERT_FIRST=bool(sm.invert_first), MAP_ADAIN=w < 1.0 and tokens >= 2, OUT_ADAIN=w < 1.0 and d >= 2,
+        NATIVE=native, PARTS=parts,
         BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, RH_PAD=rh_pad, num_warps=4)
     return out
 
