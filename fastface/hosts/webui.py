@@ -79,6 +79,7 @@ def build_ui(script, is_img2img: bool) -> list:
                         for name in advanced:
                             comps[name] = _component(gr, name, elem_id)
         comps["hires"] = _component(gr, "hires", elem_id)
+        comps["readout"] = _component(gr, "readout", elem_id)
     assert set(comps) == set(FIELD_NAMES), set(FIELD_NAMES) ^ set(comps)
 
     method_components = [comps[n] for n in METHOD_FIELDS]
