@@ -198,3 +198,12 @@ def test_an_error_skips_the_readout_with_a_note(lm, pack, models_at, monkeypatch
     texts, _ = generate(make_p([faceid_unit(lm)], batch_size=2), [lm.face_image(RED)] * 2)
     assert texts[1].get(readout.ID_KEY) is None
     assert "likeness readout skipped after an error" in texts[1][NOTE_KEY]
+
+
+def test_without_insightface_the_readout_is_off_with_its_note(lm, pack, models_at, monkeypatch):
+    models_at(pack)
+    reason = "likeness readout off: insightface is not installed in the WebUI's Python"
+    monkeypatch.setattr(likeness, "unavailable_reason", lambda: reason)
+    texts, _ = generate(make_p([faceid_unit(lm)], batch_size=1), [lm.face_image(RED)])
+    assert texts[0].get(readout.ID_KEY) is None
+    assert "insightface is not installed" in texts[0][NOTE_KEY]
