@@ -596,7 +596,7 @@ def bar_chart(summary: dict, path: str) -> None:
 
     stats = summary["presets"]
     names = list(stats)
-    width, height, left, bottom, top = 120 + 140 * len(names), 460, 70, 90, 50
+    width, height, left, bottom, top = max(560, 120 + 140 * len(names)), 460, 70, 90, 50
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(16), _font(13)
@@ -636,7 +636,7 @@ def bar_chart(summary: dict, path: str) -> None:
 def contact_sheet(rows: Sequence[dict], identities: dict, presets: Sequence[str], out_root: str, path: str,
                   prompt_index: int = 0, seed: Optional[int] = None, cell: int = 192) -> None:
     """Identities × (reference photo, presets); the image of one prompt and seed, its ID under it."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageOps
 
     chosen = {}
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -645,10 +645,13 @@ def contact_sheet(rows: Sequence[dict], identities: dict, presets: Sequence[str]
         if int(r["prompt_index"]) == prompt_index and int(r["seed"]) == seed:
             chosen[(r["identity"], r["preset"])] = r
     names = list(identities)
-    label_h, head_h, side = 34, 30, 130
-    img = Image.new("RGB", (side + cell * (len(presets) + 1), head_h + (cell + label_h) * len(names)), "white")
+    label_h, head_h, side, foot_h = 34, 30, 130, 30
+    img = Image.new("RGB", (side + cell * (len(presets) + 1), head_h + (cell + label_h) * len(names) + foot_h), "white")
     draw = ImageDraw.Draw(img)
     font = _font(14)
+    prompt_text = next((r["prompt"] for r in rows if int(r["prompt_index"]) == prompt_index), "")
+    draw.text((6, img.height - foot_h + 6), f"prompt {prompt_index}, seed {seed}: {prompt_text}"[:160],
+              fill=(60, 60, 60), font=font)
     for j, title in enumerate(["reference"] + list(presets)):
         draw.text((side + j * cell + 6, 8), title[:22], fill="black", font=font)
     for i, name in enumerate(names):
@@ -668,8 +671,7 @@ def contact_sheet(rows: Sequence[dict], identities: dict, presets: Sequence[str]
             if file and os.path.isfile(file):
                 try:
                     with Image.open(file) as tile:
-                        tile = tile.convert("RGB")
-                        tile.thumbnail((cell - 8, cell - 8))
+                        tile = ImageOps.contain(tile.convert("RGB"), (cell - 8, cell - 8))
                         img.paste(tile, (x0 + (cell - tile.width) // 2, y0 + (cell - tile.height) // 2))
                 except Exception:
                     text = text or "unreadable"
