@@ -775,9 +775,12 @@ def run(cfg: Config, out=print) -> dict:
         from PIL import Image
         for name, photos in identities.items():
             references[name] = face_model.reference(Image.open(p).convert("RGB") for p in photos)
-    clip, clip_note = load_clip(cfg) if todo else (None, None)
-    if clip is None and cfg.clip_model is None:
-        clip_note = "not computed (set clip_model to a local CLIP ViT-L/14 folder to add it)"
+    if todo:
+        clip, clip_note = load_clip(cfg)
+    else:  # nothing to generate: the CSV holds whatever CLIP-T earlier runs computed
+        clip = None
+        clip_note = (f"CLIP ViT-L/14 from {cfg.clip_model}" if cfg.clip_model
+                     else "not computed (set clip_model to a local CLIP ViT-L/14 folder to add it)")
 
     if todo:
         servers = []
