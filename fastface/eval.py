@@ -75,6 +75,7 @@ class Config:
     prompts: str
     output: str
     unit: dict
+    server_overrides: dict = field(default_factory=dict)   # url → {"unit": {...}, "controlnet_key": ...}
     presets: list[str] = field(default_factory=lambda: [BASELINE, "Realistic"])
     seeds: list[int] = field(default_factory=lambda: [50])
     steps: int = 4
@@ -164,13 +165,29 @@ def load_config(path: str) -> Config:
         if not ok:
             raise bad(name, f"expected {want.__name__}, got {value!r}")
 
-    servers = list(data.get("servers", [])) + ([data["server"]] if "server" in data else [])
-    if not servers:
+    entries = list(data.get("servers", [])) + ([data["server"]] if "server" in data else [])
+    if not entries:
         raise bad("servers", "no server given")
-    for s in servers:
-        if not isinstance(s, str) or not re.match(r"^https?://[^/\s]+", s):
-            raise bad("servers", f"{s!r} is not an http(s) URL")
-    servers = [s.rstrip("/") for s in servers]
+    servers, overrides = [], {}
+    for entry in entries:
+        # a URL, or a table {url = ..., unit = {...}, controlnet_key = ...} for a server whose
+        # ControlNet differs (e.g. an A1111 and a Forge in one run)
+        extra = {}
+        if isinstance(entry, dict):
+            extra = {k: v for k, v in entry.items() if k != "url"}
+            unknown_keys = sorted(set(extra) - {"unit", "controlnet_key"})
+            if unknown_keys:
+                raise bad("servers", f"unknown key {unknown_keys[0]!r} in {entry!r} (url, unit, controlnet_key)")
+            if not isinstance(extra.get("unit", {}), dict) or not isinstance(extra.get("controlnet_key", ""), str):
+                raise bad("servers", f"{entry!r}: unit must be a table and controlnet_key a string")
+            entry = entry.get("url")
+        if not isinstance(entry, str) or not re.match(r"^https?://[^/\s]+", entry):
+            raise bad("servers", f"{entry!r} is not an http(s) URL")
+        url = entry.rstrip("/")
+        if url in overrides:
+            raise bad("servers", f"{url} is listed twice")
+        servers.append(url)
+        overrides[url] = extra
 
     def path_field(name: str, must_exist: bool, kind: str) -> Optional[str]:
         if data.get(name) in (None, ""):
@@ -182,7 +199,7 @@ def load_config(path: str) -> Config:
 
     cfg = Config(path=path, servers=servers, identities=path_field("identities", True, "dir"),
                  prompts=path_field("prompts", True, "file"), output=path_field("output", False, ""),
-                 unit=dict(data["unit"]))
+                 unit=dict(data["unit"]), server_overrides=overrides)
     for name in ("steps", "width", "height", "cfg_scale", "sampler", "scheduler", "checkpoint", "negative_prompt",
                  "prompt_suffix", "lowercase_prompts", "controlnet_key", "merge_photos", "fastface", "payload",
                  "timeout", "attempts", "bootstrap", "sheet_prompt", "sheet_seed"):
@@ -325,8 +342,10 @@ def b64_file(path: str) -> str:
         return base64.b64encode(fh.read()).decode("ascii")
 
 
-def build_payload(cfg: Config, job: Job, photos: Sequence[str]) -> dict:
-    unit = {"enabled": True, "weight": cfg.lam, **cfg.unit}
+def build_payload(cfg: Config, job: Job, photos: Sequence[str], server: Optional[str] = None) -> dict:
+    override = cfg.server_overrides.get(server or "", {})
+    unit = {"enabled": True, "weight": cfg.lam, **cfg.unit, **override.get("unit", {})}
+    controlnet_key = override.get("controlnet_key") or cfg.controlnet_key
     if cfg.merge_photos and len(photos) > 1:
         unit["image"] = [{"image": b64_file(p), "mask": None} for p in photos]
         unit["input_mode"] = "merge"
@@ -344,7 +363,7 @@ def build_payload(cfg: Config, job: Job, photos: Sequence[str]) -> dict:
         **cfg.payload,
         "alwayson_scripts": {**cfg.payload.get("alwayson_scripts", {}),
                              "FastFace": {"args": [fastface]},
-                             cfg.controlnet_key: {"args": [unit]}},
+                             controlnet_key: {"args": [unit]}},
     }
     if cfg.scheduler:
         payload["scheduler"] = cfg.scheduler
@@ -389,8 +408,9 @@ def check_server(server: str, cfg: Config) -> Optional[str]:
     names = [str(s).lower() for s in (scripts or {}).get("txt2img", [])]
     if names and "fastface" not in names:
         return f"server {server} does not have the FastFace extension (txt2img scripts: {', '.join(names)})"
-    if names and cfg.controlnet_key.lower() not in names:
-        return (f"server {server} has no '{cfg.controlnet_key}' script for the FaceID unit "
+    key = cfg.server_overrides.get(server, {}).get("controlnet_key") or cfg.controlnet_key
+    if names and key.lower() not in names:
+        return (f"server {server} has no '{key}' script for the FaceID unit "
                 f"(set controlnet_key; txt2img scripts: {', '.join(names)})")
     return None
 
@@ -839,7 +859,7 @@ def _generate_all(cfg, todo, servers, identities, results_path, face_model, refe
                 continue
             try:
                 started = time.monotonic()
-                png, infotext = generate(server, build_payload(cfg, job, identities[job.identity]), cfg.timeout)
+                png, infotext = generate(server, build_payload(cfg, job, identities[job.identity], server), cfg.timeout)
                 seconds = time.monotonic() - started
                 target = inside(cfg.output, job.relpath())
                 os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -71,7 +71,7 @@ class FakeWebUI:
 
     def answer(self, payload):
         ff = payload["alwayson_scripts"]["FastFace"]["args"][0]
-        unit = payload["alwayson_scripts"]["controlnet"]["args"][0]
+        unit = next(v for k, v in payload["alwayson_scripts"].items() if k.lower() == "controlnet")["args"][0]
         value = "no face" if "empty room" in payload["prompt"] else f"{fake_id(unit['image'], ff['preset'], payload['seed']):.3f}"
         infotext = (f"{payload['prompt']}\nSteps: {payload['steps']}, Seed: {payload['seed']}, "
                     f"FastFace: \"preset={ff['preset']}\", FastFace ID: {value}, Server: {self.name}")
@@ -218,6 +218,17 @@ def test_two_servers_share_the_work(workspace, servers):
     assert len(a.requests) + len(b.requests) == 24 and a.requests and b.requests
 
 
+def test_a_server_can_have_its_own_unit(workspace, servers):
+    a, b = servers(name="A"), servers(name="B")
+    forge_unit = {"module": "InsightFace+CLIP-H (IPAdapter)", "model": "ip-adapter-faceid-plusv2_sd15"}
+    cfg = write_config(workspace, [a, {"url": b.url, "unit": forge_unit, "controlnet_key": "ControlNet"}])
+    assert ev.main(["--config", cfg]) == 0
+    assert a.requests and b.requests
+    assert {q["alwayson_scripts"]["controlnet"]["args"][0]["model"] for q in a.requests} == {"ip-adapter-faceid_sd15"}
+    units = [q["alwayson_scripts"]["ControlNet"]["args"][0] for q in b.requests]
+    assert {u["module"] for u in units} == {forge_unit["module"]} and all(u["weight"] == 0.7 for u in units)
+
+
 def test_a_server_error_names_the_item_and_keeps_the_rest(workspace, servers, capsys):
     a = servers(error_prompts=("watercolor",))
     assert ev.main(["--config", write_config(workspace, [a], attempts=1)]) == 4
@@ -249,6 +260,8 @@ def test_server_without_fastface_or_controlnet_is_refused(workspace, servers, ca
     ({"identities": "nowhere"}, ["'identities'", "does not exist"]),
     ({"unit": {"module": "ip-adapter_face_id"}}, ["'unit'", "model"]),
     ({"output": "."}, ["'output'"]),
+    ({"servers": [{"url": "http://127.0.0.1:9", "gpu": 1}]}, ["'servers'", "'gpu'"]),
+    ({"servers": ["http://127.0.0.1:9", "http://127.0.0.1:9/"]}, ["'servers'", "twice"]),
 ])
 def test_bad_config_names_the_field(workspace, capsys, change, words):
     cfg = json.loads(open(write_config(workspace, ["http://127.0.0.1:9"])).read())
