@@ -344,7 +344,7 @@ def b64_file(path: str) -> str:
 
 def build_payload(cfg: Config, job: Job, photos: Sequence[str], server: Optional[str] = None) -> dict:
     override = cfg.server_overrides.get(server or "", {})
-    unit = {"enabled": True, "weight": cfg.lam, **cfg.unit, **override.get("unit", {})}
+    unit = {"enabled": True, **cfg.unit, **override.get("unit", {}), "weight": cfg.lam}  # λ is the unit weight
     controlnet_key = override.get("controlnet_key") or cfg.controlnet_key
     if cfg.merge_photos and len(photos) > 1:
         unit["image"] = [{"image": b64_file(p), "mask": None} for p in photos]
