@@ -110,12 +110,14 @@ def _stop(state: ReadoutState, job, reason: str) -> None:
 
 def _prepare(state: ReadoutState, job, p) -> None:
     state.prepared = True
-    images, embeddings, found = faceid_unit_inputs(p)
+    problems: list[str] = []
+    images, embeddings, found = faceid_unit_inputs(p, problems)
     if not found:
         state.off = "no FaceID unit"  # the host already notes it; the readout has nothing to compare to
         return
     if not images and not embeddings:
-        _stop(state, job, "likeness readout off: the FaceID unit has no image or embedding FastFace can read")
+        _stop(state, job, "likeness readout off: the FaceID unit has no image or embedding FastFace can read"
+              + (f" ({problems[0]})" if problems else ""))
         return
     model, reason = likeness.load_for_host(model_folders())
     if model is None:
@@ -201,8 +203,10 @@ def controlnet_units(p) -> list:
     return []
 
 
-def faceid_unit_inputs(p) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
-    """(reference images as RGB arrays, precomputed embeddings, whether an enabled FaceID unit exists)."""
+def faceid_unit_inputs(p, problems: Optional[list] = None) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+    """(reference images as RGB arrays, precomputed embeddings, whether an enabled FaceID unit exists);
+    what could not be read is described in `problems`."""
+    problems = [] if problems is None else problems
     images: list[np.ndarray] = []
     embeddings: list[np.ndarray] = []
     found = False
@@ -212,12 +216,14 @@ def faceid_unit_inputs(p) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
         found = True
         precomputed = _get(unit, "ipadapter_input")
         if precomputed is not None:
-            embeddings += [e for e in (_embedding(x) for x in _as_list(precomputed)) if e is not None]
+            embeddings += [e for e in (_embedding(x, problems) for x in _as_list(precomputed)) if e is not None]
             continue
         unit_images = _images(_get(unit, "image"))
         if not unit_images:  # ControlNet falls back to the img2img input
             init = getattr(p, "init_images", None)
             unit_images = _images(init[0]) if init else []
+        if not unit_images:
+            problems.append(f"image field: {type(_get(unit, 'image')).__name__}")
         images += unit_images
     return images, embeddings, found
 
@@ -226,22 +232,34 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _embedding(item) -> Optional[np.ndarray]:
+def _embedding(item, problems: Optional[list] = None) -> Optional[np.ndarray]:
     """A FaceID face embedding from `ipadapter_input` (tensor (1, 512), FaceIdPlusInput, or base64)."""
+    problems = [] if problems is None else problems
     if isinstance(item, str):
         try:
             import torch
-            item = torch.load(io.BytesIO(base64.b64decode(item.split(",", 1)[-1])), map_location="cpu",
-                              weights_only=True)
-        except Exception:
+            # A1111 replaces torch.load with its own checker (modules/safe.py), which rejects the
+            # current torch zip layout and returns None; weights_only loading is safe by itself, so
+            # use the original loader (ControlNet's safe globals still apply)
+            loader = getattr(sys.modules.get("modules.safe"), "unsafe_torch_load", None) or torch.load
+            item = loader(io.BytesIO(base64.b64decode(item.split(",", 1)[-1])), map_location="cpu",
+                          weights_only=True)
+            if item is None:
+                raise ValueError("the loader returned nothing")
+        except Exception as exc:
+            problems.append(f"ipadapter_input does not load: {type(exc).__name__}: {exc}"[:200])
             return None
     item = getattr(item, "face_embed", item)  # FaceID-Plus: FaceIdPlusInput(face_embed, clip_embed)
     try:
         array = item.detach().float().cpu().numpy() if hasattr(item, "detach") else np.asarray(item, np.float32)
-    except Exception:
+    except Exception as exc:
+        problems.append(f"ipadapter_input of type {type(item).__name__} is not an embedding ({exc})"[:200])
         return None
     array = array.reshape(-1)
-    return array if array.size >= 64 and np.all(np.isfinite(array)) else None
+    if array.size < 64 or not np.all(np.isfinite(array)):
+        problems.append(f"ipadapter_input has {array.size} values, not a face embedding")
+        return None
+    return array
 
 
 def _images(value) -> list[np.ndarray]:
