@@ -207,3 +207,22 @@ def test_without_insightface_the_readout_is_off_with_its_note(lm, pack, models_a
     texts, _ = generate(make_p([faceid_unit(lm)], batch_size=1), [lm.face_image(RED)])
     assert texts[0].get(readout.ID_KEY) is None
     assert "insightface is not installed" in texts[0][NOTE_KEY]
+
+
+def test_base64_embedding_loads_past_a1111s_checked_torch_load(lm, pack, models_at, monkeypatch):
+    """A1111 swaps torch.load for modules.safe.load, which returns None for current torch files;
+    the original stays at modules.safe.unsafe_torch_load."""
+    import sys
+    import types
+
+    torch = pytest.importorskip("torch")
+    models_at(pack)
+    buf = io.BytesIO()
+    torch.save(torch.tensor(lm.expected_embedding(ORANGE), dtype=torch.float32)[None], buf)
+    safe = types.ModuleType("modules.safe")
+    safe.unsafe_torch_load = torch.load
+    monkeypatch.setitem(sys.modules, "modules.safe", safe)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: None)
+    unit = faceid_unit(lm, image=None, ipadapter_input=[base64.b64encode(buf.getvalue()).decode()])
+    texts, _ = generate(make_p([unit], batch_size=1), [lm.face_image(ORANGE)])
+    assert texts[0][readout.ID_KEY] == "1.000"
