@@ -632,9 +632,10 @@ def bar_chart(summary: dict, path: str) -> None:
 
     draw.line([(left, top), (left, height - bottom)], fill="black")
     draw.line([(left, y(0.0)), (width - 20, y(0.0))], fill="black")
+    digits = max(2, 1 - int(math.floor(math.log10(span / 4))))  # enough to tell the ticks apart
     for tick in np.linspace(vmin, vmin + span, 5):
         draw.line([(left - 5, y(tick)), (left, y(tick))], fill="black")
-        draw.text((8, y(tick) - 7), f"{tick:.2f}", fill="black", font=small)
+        draw.text((8, y(tick) - 7), f"{tick + 0.0:.{digits}f}", fill="black", font=small)
     for i, name in enumerate(names):
         s = stats[name]
         x0 = left + 30 + i * 140
@@ -683,7 +684,8 @@ def contact_sheet(rows: Sequence[dict], identities: dict, presets: Sequence[str]
             if r is None:
                 tiles.append((None, "missing"))
                 continue
-            text = ("ID " + r["id"][:5]) if r.get("face_found") == "true" else (
+            score = _num(r.get("id"))
+            text = f"ID {score:.3f}" if r.get("face_found") == "true" and score is not None else (
                 "no face" if r.get("face_found") == "false" else "no readout")
             tiles.append((os.path.join(out_root, r["file"]), text))
         for j, (file, text) in enumerate(tiles):
