@@ -632,8 +632,11 @@ def bar_chart(summary: dict, path: str) -> None:
 
     draw.line([(left, top), (left, height - bottom)], fill="black")
     draw.line([(left, y(0.0)), (width - 20, y(0.0))], fill="black")
-    digits = max(2, 1 - int(math.floor(math.log10(span / 4))))  # enough to tell the ticks apart
-    for tick in np.linspace(vmin, vmin + span, 5):
+    raw = span / 4
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)  # 1-2-5 ticks, 0 among them
+    digits = max(2, -int(math.floor(math.log10(step))))
+    for tick in np.arange(math.ceil(vmin / step) * step, vmin + span + step * 1e-6, step):
         draw.line([(left - 5, y(tick)), (left, y(tick))], fill="black")
         draw.text((8, y(tick) - 7), f"{tick + 0.0:.{digits}f}", fill="black", font=small)
     for i, name in enumerate(names):
@@ -648,7 +651,7 @@ def bar_chart(summary: dict, path: str) -> None:
                 draw.line([(cx, y(lo)), (cx, y(hi))], fill="black", width=2)
                 draw.line([(cx - 10, y(lo)), (cx + 10, y(lo))], fill="black", width=2)
                 draw.line([(cx - 10, y(hi)), (cx + 10, y(hi))], fill="black", width=2)
-            draw.text((x0, y(max(s["mean_id"], 0.0)) - 34), f"{s['mean_id']:.3f}", fill="black", font=small)
+            draw.text((x0 + 54, y(max(s["mean_id"], 0.0)) - 20), f"{s['mean_id']:.3f}", fill="black", font=small)
         draw.text((x0 - 10, height - bottom + 8), name[:18], fill="black", font=small)
         draw.text((x0 - 10, height - bottom + 26), f"n={s['with_id']} FFC={s['ffc']}", fill=(90, 90, 90), font=small)
     img.save(path)
