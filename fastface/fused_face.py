@@ -55,7 +55,6 @@ Tensor = torch.Tensor
 MAX_TOKENS = 16          # face tokens T (4: FaceID / Plus / Plus-v2, 16: Portrait)
 MAX_HEAD_DIM = 256       # d (SDXL 64; SD1.5 40 / 80 / 160, padded to powers of two)
 MAX_POOL = 4096          # rows · heads whose statistics one softmask program pools
-PER_PROG = 1            # query blocks per program (bench --profile compares more)
 STATS_BLOCK = 4096       # L up to this stays in registers for the quantile; longer L is streamed
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -146,14 +145,12 @@ def _pool_period(groups) -> int:
 
 def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                    block_l: Optional[int] = None, stats_block: Optional[int] = None,
-                   search_ways: Optional[int] = None, stats_warps: Optional[int] = None,
-                   per_prog: Optional[int] = None) -> Tensor:
+                   search_ways: Optional[int] = None, stats_warps: Optional[int] = None) -> Tensor:
     """`attention.ip_attention(q, k, v, transform)` through the fused kernels; (B, H, L, d) in q.dtype.
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
     NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) /
-    `stats_warps` / `per_prog` override the block sizes, the quantile search's fan-out and its warps,
-    and the query blocks per program (tests use small blocks to cover partial blocks and
+    `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use small blocks to cover partial blocks and
     the streamed quantile, and both fan-outs)."""
     _check(q, k, v)
     if transform is not None and type(transform) not in (ScalePower, Softmask):
@@ -171,8 +168,7 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
     native = q.dtype == torch.float16 or (q.dtype == torch.bfloat16 and not _interpret_requested())
     parts = 3 if q.dtype == torch.bfloat16 else 2
     out = torch.empty((b, h, length, d), dtype=q.dtype, device=q.device)
-    per_prog = per_prog or PER_PROG
-    grid = (triton_cdiv(length, block_l * per_prog), b * h)
+    grid = (triton_cdiv(length, block_l), b * h)
     with _on_device(q):
         if transform is None or type(transform) is ScalePower:
             sp = transform is not None
@@ -186,14 +182,14 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                 _zero_pow(float(transform.p)) if sp else 0.0,
                 float(transform.clamp_max) if sp else 0.0, w, 1.0 - w, ADAIN_EPS,
                 SCALE_POWER=sp, OUT_ADAIN=out_adain, NATIVE=native, PARTS=parts,
-                BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, PER_PROG=per_prog, num_warps=4)
+                BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
             return out
         return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale,
-                         stats_block, search_ways, stats_warps, native, parts, per_prog)
+                         stats_block, search_ways, stats_warps, native, parts)
 
 
 def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale,
-              stats_block, search_ways, stats_warps, native, parts, per_prog):
+              stats_block, search_ways, stats_warps, native, parts):
     b, h, length, d = q.shape
     tokens = k.shape[2]
     period = _pool_period(sm.groups)
@@ -209,8 +205,7 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
 
     # 1. A, token-major
     kernels.probs[grid](q, k, probs, *q.stride(), *k.stride(), h, length, tokens, d, scale,
-                        NATIVE=native, BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, PER_PROG=per_prog,
-                        num_warps=4)
+                        NATIVE=native, BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
     # 2. per (row·head, token) min, max and the quantile (torch's linear interpolation, positions
     #    fixed by L alone: x₍lo₎ + (x₍hi₎ − x₍lo₎)·frac over the sorted values)
     pos = float(sm.quantile) * (length - 1)
@@ -229,7 +224,7 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
         b, h, length, tokens, d, period, float(sm.d), float(sm.s), float(sm.clamp_max), w, 1.0 - w, ADAIN_EPS,
         INVERT_FIRST=bool(sm.invert_first), MAP_ADAIN=w < 1.0 and tokens >= 2, OUT_ADAIN=w < 1.0 and d >= 2,
         NATIVE=native, PARTS=parts,
-        BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, RH_PAD=rh_pad, PER_PROG=per_prog, num_warps=4)
+        BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, RH_PAD=rh_pad, num_warps=4)
     return out
 
 

@@ -132,54 +132,49 @@ if KERNELS_DEFINED:
                       H, L, T, D, scale, s, p, zero_pow, clamp_max, w, wc, eps,
                       SCALE_POWER: tl.constexpr, OUT_ADAIN: tl.constexpr, NATIVE: tl.constexpr,
                       PARTS: tl.constexpr,
-                      BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr,
-                      PER_PROG: tl.constexpr):
-        """grid (cdiv(L, BLOCK_L·PER_PROG), B·H), PER_PROG query blocks per program.
-        A' = min(s·Aᵖ, clamp_max) elementwise, A = softmax over T."""
+                      BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
+        """grid (cdiv(L, BLOCK_L), B·H). A' = min(s·Aᵖ, clamp_max) elementwise, A = softmax over T."""
         pid_l = tl.program_id(0)
         rh = tl.program_id(1)
         b = rh // H
         h = rh % H
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_t = tl.arange(0, T_PAD)
         offs_d = tl.arange(0, D_PAD)
+        a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
+                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)                    # (BLOCK_L, T_PAD)
         v = _load_values(v_ptr + b * sv_b + h * sv_h, offs_t, offs_d, sv_t, sv_d, T, D)    # (T_PAD, D_PAD)
-        for i in range(PER_PROG):
-            offs_l = (pid_l * PER_PROG + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-            a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
-                            sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)                # (BLOCK_L, T_PAD)
-            if SCALE_POWER:
-                base = tl.maximum(a, 0.0)
-                # aᵖ = 2^(p·log2 a) for a > 0; 0ᵖ (1 for p = 0, 0 for p > 0, inf for p < 0) from the host
-                powered = tl.where(base > 0.0, tl.exp2(p * tl.log2(base)), zero_pow)
-                a_new = tl.minimum(powered * s, clamp_max)
-                a_new = tl.where(offs_t[None, :] < T, a_new, 0.0)
-            else:
-                a_new = a
-            out = _times_values(a_new, v, NATIVE, PARTS)                                   # (BLOCK_L, D_PAD)
-            if OUT_ADAIN:
-                out = _output_adain(out, a, v, offs_d, D, w, wc, eps, NATIVE, PARTS)
-            _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
+        if SCALE_POWER:
+            base = tl.maximum(a, 0.0)
+            # aᵖ = 2^(p·log2 a) for a > 0; 0ᵖ (1 for p = 0, 0 for p > 0, inf for p < 0) comes from the host
+            powered = tl.where(base > 0.0, tl.exp2(p * tl.log2(base)), zero_pow)
+            a_new = tl.minimum(powered * s, clamp_max)
+            a_new = tl.where(offs_t[None, :] < T, a_new, 0.0)
+        else:
+            a_new = a
+        out = _times_values(a_new, v, NATIVE, PARTS)                                       # (BLOCK_L, D_PAD)
+        if OUT_ADAIN:
+            out = _output_adain(out, a, v, offs_d, D, w, wc, eps, NATIVE, PARTS)
+        _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
 
     # ---- softmask kernel 1 of 3: the probabilities, token-major, into a scratch buffer ----------------
     @_jit
     def probs_kernel(q_ptr, k_ptr, probs_ptr,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d,
                      H, L, T, D, scale,
-                     NATIVE: tl.constexpr, BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr,
-                     PER_PROG: tl.constexpr):
-        """grid (cdiv(L, BLOCK_L·PER_PROG), B·H): probs[b·H + h, t, l] = softmax(q·kᵀ/√d)[b, h, l, t]."""
+                     NATIVE: tl.constexpr, BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
+        """grid (cdiv(L, BLOCK_L), B·H): probs[b·H + h, t, l] = softmax(q·kᵀ/√d)[b, h, l, t]."""
         pid_l = tl.program_id(0)
         rh = tl.program_id(1)
         b = rh // H
         h = rh % H
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_t = tl.arange(0, T_PAD)
         offs_d = tl.arange(0, D_PAD)
-        for i in range(PER_PROG):
-            offs_l = (pid_l * PER_PROG + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-            a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
-                            sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)
-            dst = probs_ptr + rh * T * L + offs_t[None, :] * L + offs_l[:, None]
-            tl.store(dst, a, mask=(offs_l[:, None] < L) & (offs_t[None, :] < T))
+        a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
+                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)
+        dst = probs_ptr + rh * T * L + offs_t[None, :] * L + offs_l[:, None]
+        tl.store(dst, a, mask=(offs_l[:, None] < L) & (offs_t[None, :] < T))
 
     @triton.jit
     def _order_key(x):
@@ -303,9 +298,8 @@ if KERNELS_DEFINED:
                         R, H, L, T, D, P, d, s, clamp_max, w, wc, eps,
                         INVERT_FIRST: tl.constexpr, MAP_ADAIN: tl.constexpr, OUT_ADAIN: tl.constexpr,
                         NATIVE: tl.constexpr, PARTS: tl.constexpr,
-                        BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, RH_PAD: tl.constexpr,
-                        PER_PROG: tl.constexpr):
-        """grid (cdiv(L, BLOCK_L·PER_PROG), R·H), R = B rows, PER_PROG query blocks per program. Row r pools its min/max with the rows r' where
+                        BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr, RH_PAD: tl.constexpr):
+        """grid (cdiv(L, BLOCK_L), R·H), R = B rows. Row r pools its min/max with the rows r' where
         r' % P == r % P (P = 1 pools the whole call).
 
         Every step of the softmask after the quantile is a monotone function of t (per row, head and
@@ -346,36 +340,35 @@ if KERNELS_DEFINED:
             first_max = tl.max(tl.where(own & (offs_t[None, :] == 0), m_ends, float("-inf")), axis=1)
             first_max = tl.max(first_max, axis=0)
 
-        # PER_PROG blocks of queries
+        # this block of queries
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_d = tl.arange(0, D_PAD)
+        l_ok = offs_l < L
+        a = tl.load(probs_ptr + rh * T * L + offs_t[None, :] * L + offs_l[:, None],
+                    mask=l_ok[:, None] & tok_ok[None, :], other=0.0)                        # (BLOCK_L, T_PAD)
+        if INVERT_FIRST:
+            t = tl.where(offs_t[None, :] == 0, 1.0 - a, a)
+        else:
+            t = a
+        sg = _sigmoid_of(t, mn1[None, :], inv1[None, :], own_quant[None, :], d)
+        mask = _mask_of(sg, mn2[None, :], inv2[None, :], s, clamp_max)
+        if INVERT_FIRST:
+            mask = tl.where(offs_t[None, :] == 0, first_max - mask, mask)
+        mask = tl.where(tok_ok[None, :], mask, 0.0)
+        if MAP_ADAIN:
+            # w·M + (1 − w)·AdaIN(M → statistics of A), statistics over the T tokens (unbiased σ)
+            mean_m = tl.sum(mask, axis=1) / T                                               # (BLOCK_L,)
+            cen_m = tl.where(tok_ok[None, :], mask - mean_m[:, None], 0.0)
+            std_m = tl.sqrt(tl.sum(cen_m * cen_m, axis=1) / (T - 1))
+            mean_a = tl.sum(a, axis=1) / T
+            cen_a = tl.where(tok_ok[None, :], a - mean_a[:, None], 0.0)
+            std_a = tl.sqrt(tl.sum(cen_a * cen_a, axis=1) / (T - 1))
+            gain = std_a / (std_m + eps)
+            ok = _is_finite(gain) & _is_finite(mean_a)
+            blended = (mask * w + wc * mean_a[:, None]) + cen_m * (gain * wc)[:, None]
+            mask = tl.where(ok[:, None] & tok_ok[None, :], blended, mask)
         v = _load_values(v_ptr + b * sv_b + h * sv_h, offs_t, offs_d, sv_t, sv_d, T, D)    # (T_PAD, D_PAD)
-        for i in range(PER_PROG):
-            offs_l = (pid_l * PER_PROG + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-            l_ok = offs_l < L
-            a = tl.load(probs_ptr + rh * T * L + offs_t[None, :] * L + offs_l[:, None],
-                        mask=l_ok[:, None] & tok_ok[None, :], other=0.0)                        # (BLOCK_L, T_PAD)
-            if INVERT_FIRST:
-                t = tl.where(offs_t[None, :] == 0, 1.0 - a, a)
-            else:
-                t = a
-            sg = _sigmoid_of(t, mn1[None, :], inv1[None, :], own_quant[None, :], d)
-            mask = _mask_of(sg, mn2[None, :], inv2[None, :], s, clamp_max)
-            if INVERT_FIRST:
-                mask = tl.where(offs_t[None, :] == 0, first_max - mask, mask)
-            mask = tl.where(tok_ok[None, :], mask, 0.0)
-            if MAP_ADAIN:
-                # w·M + (1 − w)·AdaIN(M → statistics of A), statistics over the T tokens (unbiased σ)
-                mean_m = tl.sum(mask, axis=1) / T                                               # (BLOCK_L,)
-                cen_m = tl.where(tok_ok[None, :], mask - mean_m[:, None], 0.0)
-                std_m = tl.sqrt(tl.sum(cen_m * cen_m, axis=1) / (T - 1))
-                mean_a = tl.sum(a, axis=1) / T
-                cen_a = tl.where(tok_ok[None, :], a - mean_a[:, None], 0.0)
-                std_a = tl.sqrt(tl.sum(cen_a * cen_a, axis=1) / (T - 1))
-                gain = std_a / (std_m + eps)
-                ok = _is_finite(gain) & _is_finite(mean_a)
-                blended = (mask * w + wc * mean_a[:, None]) + cen_m * (gain * wc)[:, None]
-                mask = tl.where(ok[:, None] & tok_ok[None, :], blended, mask)
-            out = _times_values(mask, v, NATIVE, PARTS)                                        # (BLOCK_L, D_PAD)
-            if OUT_ADAIN:
-                out = _output_adain(out, a, v, offs_d, D, w, wc, eps, NATIVE, PARTS)
-            _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)
+        out = _times_values(mask, v, NATIVE, PARTS)                                        # (BLOCK_L, D_PAD)
+        if OUT_ADAIN:
+            out = _output_adain(out, a, v, offs_d, D, w, wc, eps, NATIVE, PARTS)
+        _store_out(out_ptr + b * so_b + h * so_h, out, offs_l, offs_d, so_l, so_d, L, D)

@@ -137,14 +137,6 @@ def test_quantile_search_with_ties(ways, stats_block):
     assert_matches(got, reference(q, k, v, transform))
 
 
-@pytest.mark.parametrize("transform", [SCALE_POWER, Softmask(0.65, 5.0, 1.55, groups=2)], ids=["scale-power", "softmask"])
-def test_several_query_blocks_per_program(transform):
-    """per_prog blocks per program (the last program's blocks partly or wholly past L)."""
-    q, k, v = inputs(8, rows=3, heads=1)
-    expected = reference(q, k, v, transform)
-    assert_matches(face_attention(q, k, v, transform, block_l=8, per_prog=2), expected)
-
-
 def test_bfloat16_and_strided_inputs():
     """bf16 in, and q / v as non-contiguous views (the hosts' (B, L, H, d) → (B, H, L, d) transposes)."""
     q, k, v = inputs(5, rows=2, heads=2, dtype=torch.bfloat16, d=64)
