@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import struct
 from types import SimpleNamespace
 from typing import Optional
 
@@ -113,8 +114,10 @@ def _pow2(n: int, at_least: int = 16) -> int:
 
 
 def _zero_pow(p: float) -> float:
-    """0ᵖ as torch computes it: 1 for p = 0, 0 for p > 0, inf for p < 0."""
-    return 1.0 if p == 0 else (0.0 if p > 0 else float("inf"))
+    """0ᵖ as torch computes it on an fp32 tensor: with p rounded to fp32 (as the kernel gets it too),
+    1 for p = 0, 0 for p > 0, inf for p < 0."""
+    p32 = struct.unpack("f", struct.pack("f", p))[0]
+    return 1.0 if p32 == 0 else (0.0 if p32 > 0 else float("inf"))
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -150,8 +153,8 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
     NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) /
-    `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use small blocks to cover partial blocks and
-    the streamed quantile, and both fan-outs)."""
+    `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use
+    small blocks to cover partial blocks and the streamed quantile; the bench compares variants)."""
     _check(q, k, v)
     if transform is not None and type(transform) not in (ScalePower, Softmask):
         raise NotImplementedError(f"transform {type(transform).__name__}")

@@ -165,6 +165,16 @@ def test_softmask_any_parameters(seed, quantile, d, s, clamp, invert, adain, gro
     assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
 
 
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0, 5), st.floats(0, 5), st.floats(0.5, 20),
+       st.sampled_from([None, 0.0, 0.7]), st.sampled_from([1, 4, 16]))
+def test_scale_power_any_parameters(seed, s, p, clamp, adain, tokens):
+    """Including p = 0 (0⁰ = 1 as in torch), s = 0, T = 1 and an output AdaIN on a scale-power."""
+    transform = ScalePower(s, p, clamp, output_adain=adain)
+    q, k, v = inputs(seed, rows=2, heads=1, length=9, tokens=tokens, d=16, spreads=(3.0, 30.0))
+    assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
+
+
 @pytest.mark.parametrize("case", ["tensor groups", "unknown transform", "17 tokens", "mixed dtypes", "needs grad"])
 def test_outside_the_contract_raises_not_implemented(case):
     q, k, v = inputs(6, rows=2, heads=1, length=8)
