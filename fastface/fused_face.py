@@ -24,9 +24,9 @@ Launches per call (no host-device sync, nothing created on the CPU: CUDA-graph c
     No torch op runs between them (the allocations are `torch.empty`).
 
 Measured on an H200 (bench/bench_fused.py, SDXL attn2 at 1024², 3 rows, fp16, T 4 / 16, GPU µs per
-call in a CUDA graph, fused vs torch path): L 4096 × 10 heads: none 28 vs 109-119, scale-power 28 vs
-119-138, softmask + AdaIN 66 / 109 (torch path not capturable); L 1024 × 20 heads: 17 vs 63-80 and
-44 / 80 for the softmask. Eager, per call: ~40 µs for one launch (Triton's launcher) vs 105-157 µs,
+call in a CUDA graph, fused vs the torch path of main at a5888c6): L 4096 × 10 heads: none 28 vs
+109-119, scale-power 28 vs 119-138, softmask + AdaIN 66 / 109 (that torch path was not capturable);
+L 1024 × 20 heads: 17 vs 63-80 and 44 / 80 for the softmask. Eager, per call: ~40 µs for one launch (Triton's launcher) vs 105-157 µs,
 and ~100-122 µs vs ~1.5 ms for the softmask.
 
 The one documented difference: the torch path's finite guards of the two AdaINs look at the whole
