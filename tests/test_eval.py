@@ -29,8 +29,10 @@ def fake_id(photo_b64: str, preset: str, seed: int) -> float:
 
 
 class FakeWebUI:
-    def __init__(self, name="A", fail_after=None, error_prompts=(), scripts=("fastface", "controlnet")):
+    def __init__(self, name="A", fail_after=None, error_prompts=(), scripts=("fastface", "controlnet"),
+                 face_images=None):
         self.name, self.fail_after, self.error_prompts, self.scripts = name, fail_after, error_prompts, scripts
+        self.face_images = face_images
         self.requests = []
         self.lock = threading.Lock()
         owner = self
@@ -76,6 +78,8 @@ class FakeWebUI:
         infotext = (f"{payload['prompt']}\nSteps: {payload['steps']}, Seed: {payload['seed']}, "
                     f"FastFace: \"preset={ff['preset']}\", FastFace ID: {value}, Server: {self.name}")
         img = Image.new("RGB", (payload["width"], payload["height"]), (payload["seed"] * 40 % 255, 90, 120))
+        if self.face_images:  # a synthetic face whose colour depends on the preset (for local IDs)
+            img = Image.fromarray(self.face_images[ff["preset"]])
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         return {"images": [base64.b64encode(buf.getvalue()).decode()], "parameters": {},
@@ -336,3 +340,28 @@ def test_module_help_runs():
     out = subprocess.run([sys.executable, "-m", "fastface.eval", "--help"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0 and "--config" in out.stdout
+
+
+def test_local_ids_from_face_models(workspace, servers, tmp_path):
+    """With `face_models`, the ID is computed here (synthetic pack): reference = the identity photo."""
+    from fastface import likeness
+
+    if likeness.unavailable_reason() is not None:
+        pytest.skip("insightface, onnxruntime and opencv are in the test extra")
+    pytest.importorskip("onnx")
+    import likeness_models as lm
+
+    red, orange = (200, 60, 40), (230, 140, 70)
+    pack = lm.build_pack(str(tmp_path / "buffalo_l"))
+    for path in (workspace / "ids" / "alice" / "1.png", workspace / "ids" / "bob.png"):
+        Image.fromarray(lm.face_image(red)).save(path)
+    a = servers(face_images={"Off": lm.face_image(red), "Realistic": lm.face_image(orange)})
+    assert ev.main(["--config", write_config(workspace, [a], face_models=pack, seeds=[1])]) == 0
+    rows = rows_of(workspace)
+    assert "readout" not in a.requests[0]["alwayson_scripts"]["FastFace"]["args"][0]  # not asked of the server
+    hand = float(np.dot(lm.expected_embedding(red), lm.expected_embedding(orange)))
+    for r in rows:
+        assert r["face_found"] == "true"
+        assert float(r["id"]) == pytest.approx(1.0 if r["preset"] == "Off" else hand, abs=1e-3)
+    summary = json.loads((workspace / "out" / "summary.json").read_text())
+    assert summary["presets"]["Realistic"]["delta_vs_off"] == pytest.approx(hand - 1.0, abs=1e-3)
