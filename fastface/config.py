@@ -154,6 +154,12 @@ class FastFaceArgs:
         True, "hires", "Also in hires fix",
         "Run FastFace in the hires-fix pass too (its steps get their own schedule).",
         advanced=True)
+    readout: bool = _field(
+        True, "readout", "Likeness readout",
+        "After each image, write how close its face is to the FaceID unit's reference face into "
+        "the infotext as 'FastFace ID' (cosine similarity of insightface buffalo_l embeddings, the "
+        "paper's ID metric; 'no face' when none is found). Runs only with a FaceID unit and the "
+        "buffalo_l models the host already has; otherwise a note says why. Never changes the image.")
 
     # -- helpers --------------------------------------------------------------------------------
     def replace(self, **changes) -> "FastFaceArgs":
@@ -172,7 +178,9 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 FIELDS_BY_NAME: dict[str, dataclasses.Field] = {f.name: f for f in FIELDS}
 FIELDS_BY_KEY: dict[str, dataclasses.Field] = {f.metadata["key"]: f for f in FIELDS}
 # Fields that a preset sets: everything that describes the method, not the toggle or the name.
-METHOD_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in ("enabled", "preset"))
+# The readout only measures: a preset neither sets nor resets it.
+NON_METHOD_FIELDS = ("enabled", "preset", "readout")
+METHOD_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NON_METHOD_FIELDS)
 
 
 def meta(name: str) -> Mapping[str, Any]:

@@ -12,7 +12,9 @@ Shapes (per call):
     probs        (B·H, T, L)    fp32 scratch, token-major: softmax probabilities (softmask path only)
     stats        (3, B·H, T)    fp32: per (row·head, token) min over L, max over L, quantile over L
 Blocks: BLOCK_L query rows per program; T_PAD ≥ 16 and D_PAD ≥ 16 are powers of two (tl.dot needs
-16), the padding masked. Everything is computed in fp32.
+16), the padding masked. Everything is computed in fp32: with fp16 / bf16 inputs (NATIVE) the two
+products run on tensor cores with exact products and fp32 accumulation (q·kᵀ directly; A'·v with A'
+split into fp16 / bf16 terms, see `_times_values`); fp32 inputs use true fp32 products (no TF32).
 """
 from __future__ import annotations
 

@@ -25,5 +25,5 @@ assert tuple(PRESETS) == PRESET_NAMES
 
 
 def apply_preset(args: FastFaceArgs, name: str) -> FastFaceArgs:
-    """`args` with every method field taken from preset `name`; the toggle is kept."""
-    return PRESETS[name].replace(enabled=args.enabled)
+    """`args` with every method field taken from preset `name`; the toggle and the readout are kept."""
+    return PRESETS[name].replace(enabled=args.enabled, readout=args.readout)

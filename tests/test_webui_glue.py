@@ -88,8 +88,8 @@ def test_preset_pick_fills_the_method_controls(fake_gradio):
     assert "change" not in comps["preset"].handlers  # pasting must not re-fill from the preset
     updates = fn("Realistic portrait")
     values = ui_values(PRESETS["Realistic portrait"])
-    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset")]
-    assert outputs == [comps[n] for n in names]
+    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset", "readout")]
+    assert outputs == [comps[n] for n in names]  # picking a preset keeps the user's readout choice
     assert [u["value"] for u in updates] == [values[n] for n in names]
 
 

@@ -15,6 +15,7 @@ from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, FastFaceArgs, fi
 from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
 from ..presets import PRESETS, apply_preset
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
+from . import readout
 
 TITLE = "FastFace"
 XYZ_PREFIX = "[FastFace] "
@@ -79,6 +80,7 @@ def build_ui(script, is_img2img: bool) -> list:
                         for name in advanced:
                             comps[name] = _component(gr, name, elem_id)
         comps["hires"] = _component(gr, "hires", elem_id)
+        comps["readout"] = _component(gr, "readout", elem_id)
     assert set(comps) == set(FIELD_NAMES), set(FIELD_NAMES) ^ set(comps)
 
     method_components = [comps[n] for n in METHOD_FIELDS]
@@ -147,6 +149,7 @@ def process(p, *script_args) -> None:
     # build the infotext (a None result drops the key)
     p.extra_generation_params[NOTE_KEY] = lambda **_: job.infotext_params().get(NOTE_KEY)
     p.extra_generation_params[TRACE_KEY] = lambda **_: job.infotext_params().get(TRACE_KEY)
+    readout.begin(job, p)
 
 
 def before_sampling(p, *script_args, **kwargs) -> None:
@@ -161,12 +164,19 @@ def before_sampling(p, *script_args, **kwargs) -> None:
         job.fail(f"{host.name} set-up", exc)
 
 
+def postprocess_image(p, pp, *args) -> None:
+    """Script.postprocess_image: the likeness readout of this image (reads the image, never changes it)."""
+    if getattr(p, "fastface_job", None) is not None:
+        readout.on_image(p, getattr(pp, "image", None))
+
+
 def postprocess(p, *args) -> None:
     """Script.postprocess: undo every patch of the job."""
     job = getattr(p, "fastface_job", None)
     if job is None:
         return
     host_for(p).end_job(job, p)
+    readout.finish(p)
     # The infotext has been written with the callables; the API's `info` JSON serialises this dict
     # later and would show null for them, so store the final values.
     final = job.infotext_params()
@@ -228,6 +238,10 @@ def register_callbacks() -> None:
         log.warning("XYZ axes not added: %s", exc)
     script_callbacks.on_before_ui(add_xyz_axes)
     script_callbacks.on_script_unloaded(PatchSet.undo_all)
+    try:
+        readout.register_setting(script_callbacks)
+    except Exception as exc:  # pragma: no cover - defensive
+        log.warning("likeness readout setting not added: %s", exc)
     try:
         from . import a1111
         script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser)
