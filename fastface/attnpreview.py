@@ -116,14 +116,23 @@ def _panel(image: Image.Image, maps: np.ndarray, tokens: Sequence[int], groups: 
     return out, lo, hi
 
 
-def _text(draw, xy, text, fill=TEXT):
-    draw.text(xy, text, fill=fill, font=_font())
+def cell_caption(step: int, part: str, cell: PartMaps, ranges: Sequence[str]) -> tuple[str, str]:
+    """The two caption lines under a cell: (step, part, transform) and the panels' min-max."""
+    label = cell.label if cell.transformed else "no AM (after = before)"
+    return f"s{step + 1} {part}: {label}", f"min-max {ranges[0]} | {ranges[1]}"
 
 
 def render_grid(image: Image.Image, maps: ImageMaps, layout: TokenLayout, panel: int = 160,
-                title: str = "") -> Image.Image:
-    """The preview of one generated image (see the module docstring for the layout)."""
+                title: str = "", labels: Optional[list] = None) -> Image.Image:
+    """The preview of one generated image (see the module docstring for the layout). `labels`, if
+    given, receives every (x, y, text) drawn."""
     image = image.convert("RGB")
+
+    def _text(draw, xy, text, fill=TEXT):
+        draw.text(xy, text, fill=fill, font=_font())
+        if labels is not None:
+            labels.append((xy[0], xy[1], text))
+
     pw, ph = panel_size(image.size, panel)
     width, height = preview_size(image.size, maps, layout, panel)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
@@ -164,8 +173,8 @@ def render_grid(image: Image.Image, maps: ImageMaps, layout: TokenLayout, panel:
                 canvas.paste(img, (x + k * groups * pw, y))
                 captions.append(f"{lo:.3g}-{hi:.3g}")
             draw.line([(x + groups * pw, y), (x + groups * pw, y + ph - 1)], fill=TEXT, width=1)
-            label = cell.label if cell.transformed else "no AM (after = before)"
-            _text(draw, (x, y + ph + 2), f"s{step + 1} {part}: {label}"[: max(8, cell_w // 6)], DIM)
-            _text(draw, (x, y + ph + 14), f"min-max {captions[0]} | {captions[1]}", DIM)
+            first, second = cell_caption(step, part, cell, captions)
+            _text(draw, (x, y + ph + 2), first[: max(8, cell_w // 6)], DIM)
+            _text(draw, (x, y + ph + 14), second, DIM)
         y += ph + CAPTION_H
     return canvas
