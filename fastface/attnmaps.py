@@ -26,6 +26,7 @@ Choices (documented in the README as well):
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+log = logging.getLogger("fastface")
 PARTS = ("down", "mid", "up")
 DEFAULT_MAP_SIDE = 64
 
@@ -127,6 +129,7 @@ class AttentionRecorder:
         self.pass_names: dict[int, str] = {}
         self.tokens: Optional[int] = None
         self.skipped = 0                 # layer calls whose L fit no latent level / other T
+        self.error: Optional[str] = None # set when recording failed; nothing more is recorded
 
     def name_pass(self, index: int, name: str) -> None:
         self.pass_names[index] = name
@@ -138,8 +141,14 @@ class AttentionRecorder:
         label = describe_transform(transform)
 
         def record(before: Tensor, after: Optional[Tensor]) -> None:
-            self.add(before, after, pass_index=pass_index, step=step, part=part, latent_hw=latent_hw,
-                     rows=rows, first_image=first_image, label=label)
+            if self.error is not None:
+                return
+            try:
+                self.add(before, after, pass_index=pass_index, step=step, part=part, latent_hw=latent_hw,
+                         rows=rows, first_image=first_image, label=label)
+            except Exception as exc:  # a preview must never cost the image: stop recording, say why
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.error("Show face attention: recording stopped (%s)", self.error)
         return record
 
     def add(self, before: Tensor, after: Optional[Tensor], *, pass_index: int, step: int, part: str,

@@ -218,3 +218,15 @@ def test_before_and_after_panels_differ_only_where_am_acted():
     mid_before, mid_after = panels(1)
     assert np.array_equal(mid_before, mid_after)        # no AM in the mid block: same picture
     assert not np.array_equal(down_before, down_after)  # scale-power reshaped the map
+
+
+def test_an_error_while_recording_stops_recording_without_raising(monkeypatch):
+    rec = AttentionRecorder()
+    record = rec.for_call(pass_index=0, step=0, part="up", latent_hw=(4, 4), rows=slice(0, 1), first_image=0)
+    record(softmaxed(1, 1, 16, 4), None)
+    monkeypatch.setattr(rec, "add", lambda *a, **k: 1 / 0)
+    record(softmaxed(1, 1, 16, 4), None)    # does not raise
+    assert rec.error.startswith("ZeroDivisionError")
+    monkeypatch.undo()
+    record(softmaxed(1, 1, 16, 4), None)    # nothing more is recorded after an error
+    assert rec.sums[(0, 0, "up", 0)].calls == 1

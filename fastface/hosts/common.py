@@ -140,6 +140,7 @@ class Job:
     current_pass: Any = None
     layer_part: Optional[str] = None     # UNet part of the attn2 layer now running
     installed: set = field(default_factory=set)
+    recording: Any = None                # "Show face attention" (hosts/preview.py); None when off
 
     @property
     def active(self) -> bool:

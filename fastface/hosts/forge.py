@@ -55,6 +55,7 @@ from ..attention import ip_attention, transform_for
 from ..blocks import unet_part
 from ..guidance import dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
+from . import preview
 from .common import Job, StepTracker, log
 
 name = "Forge"
@@ -177,6 +178,8 @@ class FaceAttn2Patch:
                 job.fail("Forge attention transform", exc)
                 transform = None
         if transform is None:
+            if job.recording is not None and isinstance(st, ForgePass):   # "Show face attention" only
+                preview.forge_record_untransformed(self, n, extra_options)
             return self.inner(n, context_attn2, value_attn2, extra_options)
         try:
             out = self._transformed(n, context_attn2, value_attn2, extra_options, transform)
@@ -254,7 +257,9 @@ class FaceAttn2Patch:
             qh = q.view(rows, tokens, heads, head_dim).transpose(1, 2)
             kh = ip_k.to(q.dtype).view(rows, -1, heads, head_dim).transpose(1, 2)
             vh = ip_v.to(q.dtype).view(rows, -1, heads, head_dim).transpose(1, 2)
-            face_out = ip_attention(qh, kh, vh, transform).transpose(1, 2).reshape(rows, tokens, width)
+            recorder = preview.forge_recorder(job, adapter, rows, extra_options, transform) \
+                if job.recording is not None else None
+            face_out = ip_attention(qh, kh, vh, transform, recorder=recorder).transpose(1, 2).reshape(rows, tokens, width)
             if not linear:
                 face_out = face_out * weight
             out = out + face_out.to(out.dtype)

@@ -14,6 +14,7 @@ from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, Fas
                       from_script_args, meta, validate)
 from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
 from ..presets import PRESETS, apply_preset
+from . import preview
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
 
 TITLE = "FastFace"
@@ -182,6 +183,7 @@ def process(p, *script_args) -> None:
         return
     host = host_for(p)
     job = Job(args=args, host=host.name, issues=issues, patches=PatchSet("FastFace job"))
+    preview.begin(job)
     p.fastface_job = job
     params = job.infotext_params()
     p.extra_generation_params[INFOTEXT_KEY] = params[INFOTEXT_KEY]
@@ -199,6 +201,7 @@ def before_sampling(p, *script_args, **kwargs) -> None:
     host = host_for(p)
     try:
         host.start_pass(job, p)
+        preview.start_pass(job, p)
     except Exception as exc:
         job.fail(f"{host.name} set-up", exc)
 
@@ -209,6 +212,7 @@ def postprocess(p, *args) -> None:
     if job is None:
         return
     host_for(p).end_job(job, p)
+    preview.finish(job, p, args[0] if args else None)   # "Show face attention" extra images
     # The infotext has been written with the callables; the API's `info` JSON serialises this dict
     # later and would show null for them, so store the final values.
     final = job.infotext_params()
