@@ -73,6 +73,13 @@ def _pass_index(st) -> int:
 
 def start_pass(job: Job, p) -> None:
     """After the host's start_pass: batch position, and the host's row bookkeeping."""
+    try:
+        _start_pass(job, p)
+    except Exception as exc:
+        give_up(job, exc)
+
+
+def _start_pass(job: Job, p) -> None:
     rec = getattr(job, "recording", None)
     st = job.current_pass
     if rec is None or st is None:

@@ -201,9 +201,9 @@ def before_sampling(p, *script_args, **kwargs) -> None:
     host = host_for(p)
     try:
         host.start_pass(job, p)
-        preview.start_pass(job, p)
     except Exception as exc:
         job.fail(f"{host.name} set-up", exc)
+    preview.start_pass(job, p)   # never raises: a preview problem only stops the recording
 
 
 def postprocess(p, *args) -> None:
