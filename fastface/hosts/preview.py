@@ -119,6 +119,13 @@ def _adapter_ok(rec: Recording, adapter, plus: bool, v2: Optional[bool]) -> bool
 # -- A1111 -------------------------------------------------------------------------------------------
 def a1111_rows(job: Job, st, params) -> None:
     """on_cfg_denoiser, after FastFace's row arrangement: a new denoiser call starts at row 0."""
+    try:
+        _a1111_rows(job, st, params)
+    except Exception as exc:
+        give_up(job, exc)
+
+
+def _a1111_rows(job: Job, st, params) -> None:
     rec = getattr(job, "recording", None)
     if rec is None:
         return
