@@ -145,8 +145,9 @@ def render_grid(image: Image.Image, maps: ImageMaps, layout: TokenLayout, panel:
     for s in range(n_steps):
         x = LABEL_W + s * cell_w
         _text(draw, (x, TITLE_H), f"step {s + 1}/{n_steps}")
-        _text(draw, (x, TITLE_H + 13), "before", DIM)
-        _text(draw, (x + groups * pw, TITLE_H + 13), "after AM", DIM)
+        names = "" if groups == 1 else " (" + " | ".join(name for name, _ in layout.groups) + ")"
+        _text(draw, (x, TITLE_H + 13), "before" + names, DIM)
+        _text(draw, (x + groups * pw, TITLE_H + 13), "after AM" + names, DIM)
     y = TITLE_H + HEADER_H
     face_tokens = [t for _, group in layout.groups for t in group]
     face_groups = [group for _, group in layout.groups]
@@ -173,6 +174,11 @@ def render_grid(image: Image.Image, maps: ImageMaps, layout: TokenLayout, panel:
                 canvas.paste(img, (x + k * groups * pw, y))
                 captions.append(f"{lo:.3g}-{hi:.3g}")
             draw.line([(x + groups * pw, y), (x + groups * pw, y + ph - 1)], fill=TEXT, width=1)
+            if token is None:   # several faces (Portrait): a fainter line between their mosaics
+                for k in range(2):
+                    for g in range(1, groups):
+                        gx = x + k * groups * pw + g * pw
+                        draw.line([(gx, y), (gx, y + ph - 1)], fill=DIM, width=1)
             first, second = cell_caption(step, part, cell, captions)
             _text(draw, (x, y + ph + 2), first[: max(8, cell_w // 6)], DIM)
             _text(draw, (x, y + ph + 14), second, DIM)
