@@ -10,78 +10,169 @@ Shapes (diffusers naming):
     k, v       (B, heads, T, d)   face-token keys / values
     attn       (B, heads, L, T)   face attention probabilities ("rows" = B)
 
+Inside, the map is kept *token-major*, (B, heads, T, L): it is produced that way by one matmul
+(K'·Qᵀ), every reduction over L (quantile, min/max) runs along contiguous memory, and the
+softmax / AdaIN over the T face tokens is a reduction over an outer axis, which PyTorch runs far
+faster than one over a short innermost axis. The `·V'` product reads the transposed view without
+a copy.
+
+Hot-path rules (issue #8): no host-device synchronisation (no `.item()`, no `int()`/`bool()` of a
+tensor, no `torch.unique`, no CPU tensor made per call), guards are `torch.where`/`nan_to_num`,
+and per-call Python stays small; every path here passes `torch.compile(fullgraph=True)` (tested).
 Everything is computed in fp32 and cast back to the query dtype.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Protocol
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Union
 
 import torch
+import torch.nn.functional as F
 
 from .config import FastFaceArgs
 from .schedule import softmask_params
 
 Tensor = torch.Tensor
+Groups = Union[None, int, Tensor]
 QUANTILE_FLOOR = 1e-6   # the authors clamp the quantile to ≥ 1e-6
 ADAIN_EPS = 1e-6        # added to the std in AdaIN, as in the authors' code
+
+log = logging.getLogger("fastface")
 
 
 class AttentionTransform(Protocol):
     """Maps face attention probabilities (B, heads, L, T) to new values of the same shape.
 
     `output_adain` (or None): weight w of the AdaIN blend applied to the branch output
-    A'·V' against the untransformed A·V (statistics over d_head)."""
+    A'·V' against the untransformed A·V (statistics over d_head). A transform may also offer
+    `token_major(t)`, the same map on the token-major layout (B, heads, T, L), which
+    `ip_attention` prefers (no layout change)."""
 
     output_adain: Optional[float]
 
     def __call__(self, attn: Tensor) -> Tensor: ...
 
 
-def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionTransform] = None) -> Tensor:
-    """softmax(q·kᵀ/√d) [→ transform] · v, explicitly, in fp32; returns (B, heads, L, d)."""
-    qf, kf, vf = q.float(), k.float(), v.float()
-    scores = torch.matmul(qf, kf.transpose(-1, -2)) * (qf.shape[-1] ** -0.5)  # (B, h, L, T)
-    attn = scores.softmax(dim=-1)
+Recorder = Callable[[Tensor, Optional[Tensor]], None]
+
+
+@dataclass
+class KernelSwitch:
+    """Per job: may `ip_attention` use the fused Triton face branch? A kernel error turns it off
+    (one log line) and the torch path serves the rest of the job."""
+
+    enabled: bool = True
+    failed: Optional[str] = None
+
+
+# -- the face branch ---------------------------------------------------------------------------
+def face_probs_token_major(q: Tensor, k: Tensor) -> Tensor:
+    """softmax(q·kᵀ/√d) over the face tokens, fp32, token-major (B, heads, T, L)."""
+    qf, kf = q.float(), k.float()
+    scores = torch.matmul(kf * (qf.shape[-1] ** -0.5), qf.transpose(-1, -2))  # (B, h, T, L)
+    return scores.softmax(dim=-2)
+
+
+def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionTransform] = None, *,
+                 recorder: Optional[Recorder] = None, kernels: Optional[KernelSwitch] = None) -> Tensor:
+    """softmax(q·kᵀ/√d) [→ transform] · v in fp32; returns (B, heads, L, d) in q's dtype.
+
+    `recorder(attn, attn_transformed)` (both (B, heads, L, T) fp32 views; the second None without
+    a transform) sees the maps of this very call; `kernels` allows the fused Triton kernels on
+    CUDA (never while recording)."""
+    if kernels is not None and kernels.enabled and recorder is None and q.is_cuda:
+        out = _fused(q, k, v, transform, kernels)
+        if out is not None:
+            return out
+    if transform is None and recorder is None:
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    vf = v.float()
+    probs = face_probs_token_major(q, k)                           # (B, h, T, L)
     if transform is None:
-        return torch.matmul(attn, vf).to(q.dtype)
-    transformed = transform(attn)
-    out = torch.matmul(transformed, vf)
+        mapped = probs
+    elif hasattr(transform, "token_major"):
+        mapped = transform.token_major(probs)
+    else:
+        mapped = transform(probs.transpose(-1, -2)).transpose(-1, -2)
+    if recorder is not None:
+        recorder(probs.transpose(-1, -2), None if transform is None else mapped.transpose(-1, -2))
+    out = torch.matmul(mapped.transpose(-1, -2), vf)               # (B, h, L, d)
     weight = getattr(transform, "output_adain", None)
     if weight is not None and weight < 1.0:
-        out = _output_adain(out, transformed, attn, vf, weight)
+        reference = torch.matmul(probs.transpose(-1, -2), vf)     # the untransformed A·V
+        out = adain_blend_lean(out, reference, weight, dim=-1)
     return out.to(q.dtype)
 
 
-def _output_adain(out: Tensor, attn: Tensor, attn_orig: Tensor, v: Tensor, weight: float) -> Tensor:
-    """`adain_blend(out, attn_orig·v, weight, dim=-1)` without materialising attn_orig·v.
+def _fused(q, k, v, transform, kernels: KernelSwitch) -> Optional[Tensor]:
+    """The fused Triton face branch, or None (unavailable / unsupported / failed → torch path)."""
+    try:
+        from . import fused_face
+    except Exception:  # the module itself is optional
+        return None
+    if not fused_face.available(q.device):
+        return None
+    try:
+        return fused_face.face_attention(q, k, v, transform)
+    except NotImplementedError:
+        return None
+    except Exception as exc:  # a kernel error must never fail the generation
+        kernels.enabled = False
+        kernels.failed = f"{type(exc).__name__}: {exc}"
+        log.error("fused face-attention kernel failed (%s); the torch path is used for the rest of "
+                  "this job", kernels.failed)
+        return None
 
-    Every output row is a mix of the T value rows, so its statistics over d_head follow from
-    the map and v's own statistics: μ = A·m and σ² = A·C·Aᵀ, with m the mean of each value row and
-    C their (unbiased) covariance over d_head. That costs (L × T × T) instead of several passes
-    over (L × d_head), and the blend becomes one scale-and-shift of `out`."""
-    d = v.shape[-1]
-    if d < 2:
-        return out
-    mean_v = v.mean(dim=-1, keepdim=True)                       # (B, h, T, 1)
-    centered = v - mean_v
-    cov = torch.matmul(centered, centered.transpose(-1, -2)) / (d - 1)   # (B, h, T, T)
 
-    def stats(a):
-        mean = torch.matmul(a, mean_v)                           # (B, h, L, 1)
-        var = (torch.matmul(a, cov) * a).sum(dim=-1, keepdim=True)
-        return mean, var.clamp_min(0.0).sqrt()
+# -- AdaIN ---------------------------------------------------------------------------------------
+def adain_blend_lean(x: Tensor, reference: Tensor, weight: float, dim: int,
+                     reference_mean: Optional[float] = None) -> Tensor:
+    """`adain_blend` without a host sync and in few kernels (the face branch's version).
 
-    mean_x, std_x = stats(attn)
-    mean_r, std_r = stats(attn_orig)
+    Written as x + (1 − w)·δ with δ = (x − μx)·g + μr − x, g = σr/(σx + ε), which is
+    w·x + (1 − w)·AdaIN(x) rearranged. Where a statistic is not finite (an infinite reference)
+    δ is zeroed, so that position keeps x — `adain_blend` instead returns the whole tensor
+    unchanged, which needs the host to read a flag. σ comes from a dot product of the centred
+    values (torch.std / var_mean, Welford, cost several times more over a short axis), and
+    `reference_mean` may give μr when it is known (a softmax's mean over its tokens is 1/T)."""
+    n = x.shape[dim]
+    if weight >= 1.0 or n < 2:
+        return x
+    xf, rf = x.float(), reference.float()
+    centered_x = xf - xf.mean(dim=dim, keepdim=True)
+    mean_r = rf.mean(dim=dim, keepdim=True) if reference_mean is None else reference_mean
+    centered_r = rf - mean_r
+    sq_x = torch.linalg.vecdot(centered_x, centered_x, dim=dim).unsqueeze(dim)   # (n − 1)·σx²
+    sq_r = torch.linalg.vecdot(centered_r, centered_r, dim=dim).unsqueeze(dim)
+    gain = sq_r.sqrt_().div_(sq_x.sqrt_().add_(ADAIN_EPS * (n - 1) ** 0.5))
+    delta = torch.rsub(xf, mean_r).addcmul_(centered_x, gain)
+    delta = delta.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.add(xf, delta, alpha=1.0 - weight).to(x.dtype)
+
+
+def adain_blend(x: Tensor, reference: Tensor, weight: float, dim: int) -> Tensor:
+    """w·x + (1 − w)·AdaIN(x → statistics of `reference` along `dim`).
+
+    AdaIN(x) = (x − μ(x))/(σ(x) + 1e-6)·σ(ref) + μ(ref), σ unbiased. If the statistics are not
+    finite (e.g. a single element along `dim`, or an infinite reference) x is returned unchanged,
+    as the authors' code does for the output.
+
+    A reference for tests and callers off the hot path: deciding "unchanged" for the whole tensor
+    reads a value on the host. The face branch uses `adain_blend_lean`."""
+    if weight >= 1.0 or x.shape[dim] < 2:
+        return x
+    xf, rf = x.float(), reference.float()
+    std_x, mean_x = torch.std_mean(xf, dim=dim, keepdim=True)
+    std_r, mean_r = torch.std_mean(rf, dim=dim, keepdim=True)
     gain = std_r / (std_x + ADAIN_EPS)
-    scale = weight + (1.0 - weight) * gain
-    shift = (1.0 - weight) * (mean_r - mean_x * gain)
-    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
-        return out
-    return torch.addcmul(shift, out, scale)
+    if not (torch.isfinite(gain).all() and torch.isfinite(mean_r).all()):
+        return x
+    return torch.addcmul(xf * weight + (1.0 - weight) * mean_r, xf - mean_x, gain * (1.0 - weight)).to(x.dtype)
 
 
+# -- scale-power ---------------------------------------------------------------------------------
 def scale_power(attn: Tensor, s: float, p: float, clamp_max: float = 10.0) -> Tensor:
     """AM1: min(s·Aᵖ, clamp_max), elementwise (the authors apply pow, then scale, then clamp).
 
@@ -91,81 +182,103 @@ def scale_power(attn: Tensor, s: float, p: float, clamp_max: float = 10.0) -> Te
     return (a.pow(p) * s).clamp(max=clamp_max).to(attn.dtype)
 
 
+# -- softmask ------------------------------------------------------------------------------------
 def quantile_along(x: Tensor, q: float, dim: int) -> Tensor:
     """Linear-interpolation quantile along `dim` (keepdim), like torch.quantile's default, but
-    through a sort so it has no input-size limit (torch.quantile refuses > 2²⁴ elements)."""
+    through a sort so it has no input-size limit (torch.quantile refuses > 2²⁴ elements) and
+    costs one sort and one lerp (torch.quantile runs several times more kernels)."""
     n = x.shape[dim]
     ordered = x.sort(dim=dim).values
     pos = q * (n - 1)
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
+    lo = min(int(pos), n - 1)
     frac = pos - lo
     lower = ordered.narrow(dim, lo, 1)
-    upper = ordered.narrow(dim, hi, 1)
-    return lower + (upper - lower) * frac
+    if frac == 0.0 or lo == n - 1:
+        return lower
+    return torch.lerp(lower, ordered.narrow(dim, lo + 1, 1), frac)
 
 
-def _group_min_max(x: Tensor, groups: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Min and max per token over (rows in the same group, heads, L) of a token-major map
-    x (R, heads, T, L); shaped (R, 1, T, 1) to broadcast against it."""
-    rows, tokens = x.shape[0], x.shape[2]
-    row_min = x.amin(dim=(1, 3))  # (R, T)
-    row_max = x.amax(dim=(1, 3))
-    if groups is None:
-        mn = row_min.amin(dim=0, keepdim=True).expand(rows, tokens)
-        mx = row_max.amax(dim=0, keepdim=True).expand(rows, tokens)
-    else:
-        _, inverse = torch.unique(groups.to(x.device), return_inverse=True)
-        n_groups = int(inverse.max()) + 1
-        index = inverse[:, None].expand(rows, tokens)
-        g_min = torch.full((n_groups, tokens), float("inf"), device=x.device).scatter_reduce(
-            0, index, row_min, reduce="amin")
-        g_max = torch.full((n_groups, tokens), float("-inf"), device=x.device).scatter_reduce(
-            0, index, row_max, reduce="amax")
-        mn, mx = g_min[inverse], g_max[inverse]
-    return mn[:, None, :, None], mx[:, None, :, None]
+def _grouped(t: Tensor, groups: Groups) -> tuple[Tensor, Optional[Tensor]]:
+    """A token-major map (R, h, T, L) as a 5-D view (G, P, h, T, L) whose min/max pooling axes
+    are (0, 2, 4): rows r and r' pool together when r % P == r' % P (P = `groups` as an int;
+    P = 1 pools every row). A tensor of group ids (compatibility) is returned as `same`, an
+    (R, R) mask of rows that share an id, with P = 1 and G = R."""
+    rows = t.shape[0]
+    period = groups if isinstance(groups, int) else 1
+    if period < 1 or rows % period != 0:
+        period = 1
+    view = t.view(rows // period, period, *t.shape[1:])
+    if isinstance(groups, Tensor):
+        ids = groups.to(t.device)
+        return view, ids[:, None] == ids[None, :]
+    return view, None
 
 
-def _minmax_norm_token_major(x: Tensor, groups: Optional[Tensor]) -> Tensor:
-    mn, mx = _group_min_max(x, groups)
-    span = mx - mn
-    # 1/span on the small (R, 1, T, 1) statistics, so the full-size work is one subtract-multiply.
-    inv_span = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(span))
-    return (x - mn) * inv_span
+def _pooled_min_max(x: Tensor, same: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-token min and max of a grouped map x (G, P, h, T, L) over the rows of a group, heads
+    and L; shaped to broadcast against x."""
+    if same is None:
+        return x.amin(dim=(0, 2, 4), keepdim=True), x.amax(dim=(0, 2, 4), keepdim=True)
+    row_min = x.amin(dim=(1, 2, 4))        # (R, T) with P = 1
+    row_max = x.amax(dim=(1, 2, 4))
+    inf = torch.full_like(row_min, float("inf"))
+    g_min = torch.where(same[:, :, None], row_min[None], inf[None]).amin(dim=1)    # (R, T)
+    g_max = torch.where(same[:, :, None], row_max[None], -inf[None]).amax(dim=1)
+    shape = (x.shape[0], 1, 1, x.shape[3], 1)
+    return g_min.view(shape), g_max.view(shape)
 
 
-def _token_major(attn: Tensor) -> Tensor:
-    """(R, heads, L, T) → contiguous fp32 (R, heads, T, L): every reduction over L (quantile,
-    min/max) then runs along contiguous memory instead of a stride-T walk."""
-    return attn.float().transpose(-1, -2).contiguous()
+def _inverse_span(mn: Tensor, mx: Tensor, scale: float) -> Tensor:
+    """scale/(max − min), with 0 where max = min (a constant pool normalises to 0, not 0/0)."""
+    return (mx - mn).reciprocal_().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).mul_(scale)
 
 
-def minmax_norm(x: Tensor, groups: Optional[Tensor] = None) -> Tensor:
-    """(x − min)/(max − min) per token, pooled over heads, L and the rows of one group;
-    x is (R, heads, L, T).
+def _flip_first(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(offset, sign), shaped (T, 1), with offset + sign·x = (1 − x₀, x₁, …): token 0 inverted in
+    one kernel. Built once per device and token count (never while a CUDA graph is captured,
+    where a kernel is recorded but not run, so a cached tensor would hold garbage)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _make_flip(tokens, device)
+    return _cached_flip(tokens, device)
 
-    groups=None pools every row of the call (the authors' `norm_attn_map`, which pools the whole
-    batch: all images and all three DCG branches). A constant pool (max = min) maps to 0 instead
-    of the authors' 0/0."""
-    return _minmax_norm_token_major(_token_major(x), groups).transpose(-1, -2).to(x.dtype)
+
+def _make_flip(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    offset = torch.zeros(tokens, 1, device=device)
+    offset[0] = 1.0
+    return offset, 1.0 - 2.0 * offset
+
+
+_cached_flip = functools.lru_cache(maxsize=32)(_make_flip)
 
 
 def _softmask_token_major(t: Tensor, quantile: float, d: float, s: float, invert_first: bool,
-                          clamp_max: float, groups: Optional[Tensor]) -> Tensor:
-    """`softmask` on a token-major fp32 map t (R, heads, T, L); t is modified in place."""
+                          clamp_max: float, groups: Groups) -> Tensor:
+    """`softmask` on a token-major fp32 map t (R, heads, T, L); t is not modified.
+
+    m = sigmoid(d·(norm(t) − q)) is evaluated as sigmoid(a·t + c) with a = d/span and
+    c = −d·q − a·min on the small statistics, so the full-size work is one fused multiply-add."""
     if invert_first:
-        t[:, :, 0] = 1.0 - t[:, :, 0]
-    q = quantile_along(t, quantile, dim=3).clamp_min(QUANTILE_FLOOR)
-    mask = _minmax_norm_token_major(torch.sigmoid(d * (_minmax_norm_token_major(t, groups) - q)), groups)
-    mask = (s * mask).clamp(max=clamp_max)
+        offset, sign = _flip_first(t.shape[2], t.device)
+        t = torch.addcmul(offset, t, sign)
+    x, same = _grouped(t, groups)                                    # (G, P, h, T, L)
+    q = quantile_along(x, quantile, dim=4).clamp_min_(QUANTILE_FLOOR)  # (G, P, h, T, 1)
+    mn, mx = _pooled_min_max(x, same)
+    a = _inverse_span(mn, mx, d)
+    c = q.mul_(-d).addcmul_(mn, a, value=-1.0)
+    m = torch.addcmul(c, x, a).sigmoid_()
+    mn, mx = _pooled_min_max(m, same)
+    mask = m.sub_(mn).mul_(_inverse_span(mn, mx, s))
+    if s > clamp_max:   # s·norm ≤ s: the clamp can only bind when s exceeds it
+        mask = mask.clamp_max_(clamp_max)
     if invert_first:
-        first = mask[:, :, 0]
-        mask[:, :, 0] = first.amax(dim=-1, keepdim=True) - first
-    return mask
+        first = mask.narrow(3, 0, 1)                                 # a view: written in place
+        peak = first.amax(dim=4, keepdim=True)
+        first.neg_().add_(peak)
+    return mask.view(t.shape)
 
 
 def softmask(attn: Tensor, quantile: float, d: float, s: float, invert_first: bool = True,
-             clamp_max: float = 10.0, groups: Optional[Tensor] = None) -> Tensor:
+             clamp_max: float = 10.0, groups: Groups = None) -> Tensor:
     """AM2's scheduled softmask on all face tokens (the authors' `adaptive_softmask` + `scale`).
 
     1. token 0 ← 1 − token 0 (if `invert_first`): FaceID-Plus-v2's token 0 looks at the background;
@@ -174,38 +287,26 @@ def softmask(attn: Tensor, quantile: float, d: float, s: float, invert_first: bo
     4. M ← min(s·M, clamp_max);
     5. token 0 ← max_L(token 0) − token 0 (per row and head) to undo step 1.
     """
-    mask = _softmask_token_major(_token_major(attn), quantile, d, s, invert_first, clamp_max, groups)
+    t = attn.float().transpose(-1, -2).contiguous()
+    mask = _softmask_token_major(t, quantile, d, s, invert_first, clamp_max, groups)
     return mask.transpose(-1, -2).to(attn.dtype)
 
 
-def _centered_std(x: Tensor, dim: int, mean: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """(x − μ, unbiased σ) along `dim`, written out: torch.std over a short, strided axis (the 4
-    face tokens) is several times slower than these three elementwise passes."""
-    centered = x - (x.mean(dim=dim, keepdim=True) if mean is None else mean)
-    var = centered.square().sum(dim=dim, keepdim=True) / (x.shape[dim] - 1)
-    return centered, var.sqrt()
+def minmax_norm(x: Tensor, groups: Groups = None) -> Tensor:
+    """(x − min)/(max − min) per token, pooled over heads, L and the rows of one group;
+    x is (R, heads, L, T).
+
+    groups=None pools every row of the call (the authors' `norm_attn_map`, which pools the whole
+    batch: all images and all three DCG branches); an int P pools rows r ≡ r' (mod P); a tensor
+    gives each row's group id. A constant pool (max = min) maps to 0 instead of the authors' 0/0."""
+    t = x.float().transpose(-1, -2).contiguous()
+    grouped, same = _grouped(t, groups)
+    mn, mx = _pooled_min_max(grouped, same)
+    out = (grouped - mn).mul_(_inverse_span(mn, mx, 1.0))
+    return out.view(t.shape).transpose(-1, -2).to(x.dtype)
 
 
-def adain_blend(x: Tensor, reference: Tensor, weight: float, dim: int) -> Tensor:
-    """w·x + (1 − w)·AdaIN(x → statistics of `reference` along `dim`).
-
-    AdaIN(x) = (x − μ(x))/(σ(x) + 1e-6)·σ(ref) + μ(ref), σ unbiased. If the statistics are not
-    finite (e.g. a single element along `dim`, or an infinite reference) x is returned unchanged,
-    as the authors' code does for the output."""
-    if weight >= 1.0 or x.shape[dim] < 2:
-        return x
-    xf, rf = x.float(), reference.float()
-    centered_x, std_x = _centered_std(xf, dim)
-    mean_r = rf.mean(dim=dim, keepdim=True)
-    _, std_r = _centered_std(rf, dim, mean_r)
-    gain = std_r / (std_x + ADAIN_EPS)  # small: the statistics' shape
-    if not (torch.isfinite(gain).all() and torch.isfinite(mean_r).all()):
-        return x
-    # w·x + (1 − w)·(centered·gain + μ_ref), as two fused full-size passes
-    blended = torch.addcmul(xf * weight + (1.0 - weight) * mean_r, centered_x, gain * (1.0 - weight))
-    return blended.to(x.dtype)
-
-
+# -- the transforms --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScalePower:
     s: float
@@ -216,6 +317,16 @@ class ScalePower:
     def __call__(self, attn: Tensor) -> Tensor:
         return scale_power(attn, self.s, self.p, self.clamp_max)
 
+    def token_major(self, probs: Tensor) -> Tensor:
+        """On softmax output (in [0, 1], so the floor at 0 of `scale_power` is moot): pow, scale,
+        and the clamp only where it can bind (s·Aᵖ ≤ s)."""
+        out = probs.pow(self.p)
+        if self.s != 1.0:
+            out = out.mul_(self.s)
+        if self.s > self.clamp_max:
+            out = out.clamp_max_(self.clamp_max)
+        return out
+
 
 @dataclass(frozen=True)
 class Softmask:
@@ -225,18 +336,21 @@ class Softmask:
     invert_first: bool = True
     clamp_max: float = 10.0
     adain: float = 0.7
-    groups: Optional[Tensor] = None
+    groups: Groups = field(default=None, compare=False)
 
     @property
     def output_adain(self) -> Optional[float]:
         return self.adain
 
+    def token_major(self, probs: Tensor) -> Tensor:
+        masked = _softmask_token_major(probs, self.quantile, self.d, self.s, self.invert_first,
+                                       self.clamp_max, self.groups)
+        # AdaIN on the map: statistics over the face tokens (dim 2 in token-major layout)
+        return adain_blend_lean(masked, probs, self.adain, dim=2, reference_mean=1.0 / probs.shape[2])
+
     def __call__(self, attn: Tensor) -> Tensor:
-        original = _token_major(attn)
-        masked = _softmask_token_major(original.clone(), self.quantile, self.d, self.s,
-                                       self.invert_first, self.clamp_max, self.groups)
-        # AdaIN on the map: statistics over the token axis (dim 2 in token-major layout).
-        return adain_blend(masked, original, self.adain, dim=2).transpose(-1, -2).to(attn.dtype)
+        probs = attn.float().transpose(-1, -2).contiguous()
+        return self.token_major(probs).transpose(-1, -2).to(attn.dtype)
 
 
 def part_enabled(args: FastFaceArgs, part: str) -> bool:
@@ -244,12 +358,13 @@ def part_enabled(args: FastFaceArgs, part: str) -> bool:
 
 
 def transform_for(args: FastFaceArgs, part: str, step: int, total: int,
-                  groups: Optional[Tensor] = None) -> Optional[AttentionTransform]:
+                  groups: Groups = None) -> Optional[AttentionTransform]:
     """The transform for one attn2 layer in UNet part `part` ('down' / 'mid' / 'up') at a step,
     or None when AM leaves that layer alone (the host then keeps its own fused path).
 
-    `groups` (one id per row, e.g. the image index) limits the softmask's min-max pooling to the
-    rows of one image; None pools every row of the call, like the authors' code."""
+    `groups` limits the softmask's min-max pooling to the rows of one image: an int P pools rows
+    r ≡ r' (mod P) (hosts pass the images per batch or rows per chunk), a tensor gives one id per
+    row; None pools every row of the call, like the authors' code."""
     if not args.enabled or args.am_mode == "off" or not part_enabled(args, part):
         return None
     if args.am_mode == "scale-power":
@@ -260,3 +375,22 @@ def transform_for(args: FastFaceArgs, part: str, step: int, total: int,
         return Softmask(quantile=args.sm_quantile, d=d, s=s, invert_first=args.sm_invert_first,
                         clamp_max=args.clamp_max, adain=args.sm_adain, groups=groups)
     raise ValueError(f"unknown AM mode {args.am_mode!r}")
+
+
+class TransformCache:
+    """`transform_for` memoised for one job: a host asks per attn2 call (70 layers × rows × steps
+    on SDXL), the answer changes only with (part, step, total, groups)."""
+
+    def __init__(self, args: FastFaceArgs):
+        self.args = args
+        self._memo: dict = {}
+
+    def get(self, part: str, step: int, total: int, groups: Groups = None) -> Optional[AttentionTransform]:
+        if isinstance(groups, Tensor):   # not hashable by value: no memo
+            return transform_for(self.args, part, step, total, groups)
+        key = (part, step, total, groups)
+        try:
+            return self._memo[key]
+        except KeyError:
+            transform = self._memo[key] = transform_for(self.args, part, step, total, groups)
+            return transform

@@ -52,7 +52,10 @@ def dcg_eps(eps_uncond: Tensor, eps_id: Tensor, eps_full: Tensor,
 
 
 def _sigma_like(sigma: Tensor | float, x: Tensor) -> Tensor:
-    sigma = torch.as_tensor(sigma, device=x.device).to(_work_dtype(x))
+    if isinstance(sigma, Tensor):
+        sigma = sigma.to(device=x.device, dtype=_work_dtype(x))
+    else:  # a Python number: filled on x's device (no host tensor copied over per step)
+        sigma = torch.full((), float(sigma), device=x.device, dtype=_work_dtype(x))
     if sigma.dim() == 0:
         sigma = sigma.expand(x.shape[0])
     return sigma.reshape((x.shape[0],) + (1,) * (x.dim() - 1))

@@ -85,7 +85,7 @@ def _spy_face_attention(monkeypatch, job_box):
     """Every face-branch (q, k) that reaches ip_attention or preview.record_maps, with the step,
     part and the ControlNet cond mark of its rows."""
     calls = []
-    real_ip, real_maps = a1111.ip_attention, preview.record_maps
+    real_ip, real_maps = preview.ip_attention, preview.record_maps   # recording jobs go through preview
 
     def note(q, k):
         job = job_box[0]
@@ -96,11 +96,11 @@ def _spy_face_attention(monkeypatch, job_box):
         note(q, k)
         return real_ip(q, k, v, transform, **kw)
 
-    def maps_spy(recorder, q, k):
+    def maps_spy(recorder, q, k, transform=None):
         note(q, k)
-        return real_maps(recorder, q, k)
+        return real_maps(recorder, q, k, transform)
 
-    monkeypatch.setattr(a1111, "ip_attention", ip_spy)
+    monkeypatch.setattr(preview, "ip_attention", ip_spy)
     monkeypatch.setattr(preview, "record_maps", maps_spy)
     return calls
 
@@ -213,10 +213,10 @@ def test_forge_records_the_cond_chunk(forge_env, monkeypatch):
     real = preview.record_maps
     r = forge_run(PRESETS["Stylistic"], True, cfg=2.5, batch=2)
 
-    def spy(recorder, q, k):
+    def spy(recorder, q, k, transform=None):
         st = r.job.current_pass
         seen.append(dict(q=q.clone(), k=k.clone(), chunks=labels[-1], step=st.step))
-        return real(recorder, q, k)
+        return real(recorder, q, k, transform)
 
     original = forge.FaceAttn2Patch.__call__
 

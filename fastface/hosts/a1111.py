@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..attention import ip_attention, transform_for
+from ..attention import ip_attention
 from ..blocks import unet_part
 from ..guidance import dcg_eps, dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
@@ -57,7 +57,7 @@ class PassState(StepTracker):
     is_hires: bool = False
     face: bool = False               # a FaceID unit is active in sd-webui-controlnet
     eps_output: bool = False         # the denoiser returns ε (timestep samplers), else x₀
-    images: int = 1                  # images per batch (rows of one branch)
+    images: int = 1                  # images per batch (rows of one branch), ≥ 1
     timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
     # set per model call by on_cfg_denoiser, read by the combination
     layout: Optional[str] = None     # None (DCG not applied), "plain", "extra_id", "id_in_uncond"
@@ -66,6 +66,7 @@ class PassState(StepTracker):
     beta: float = 1.0
     phi: float = 0.0
     uncond_skipped: bool = False
+    uncond_marked: Optional[bool] = None   # sd-webui-controlnet marked the negative rows (read once)
     x: Optional[torch.Tensor] = None
     sigma: Optional[torch.Tensor] = None
     warned: set = field(default_factory=set)
@@ -187,7 +188,9 @@ def _arrange_rows(job: Job, st: PassState, params) -> None:
     if st.uncond_skipped and "skip" not in st.warned:
         st.warned.add("skip")
         job.note("A1111 skipped the negative prompt on some steps (NGMS / skip early CFG): DCG used α = 1 there")
-    face = st.face and _is_marked(params.text_uncond)
+    if st.uncond_marked is None:   # ControlNet marks every row or none: read once per pass
+        st.uncond_marked = _is_marked(params.text_uncond)
+    face = st.face and st.uncond_marked
     b = uncond_rows
     st.x, st.sigma = params.x[:b].clone(), params.sigma[:b].clone()
     if face and need.id_only and (need.uncond or st.uncond_skipped):
@@ -256,11 +259,10 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
                 and not getattr(self.ipadapter, "is_pulid", False):
             try:
                 # rows are block-major [cond images, (id images,) uncond images]: row % images is
-                # the image, so the softmask pools the branches of one image, as Forge does
-                images = max(int(st.images), 1)
-                rows = hidden_states.shape[0]
-                groups = torch.arange(rows) % images if rows % images == 0 else None
-                transform = transform_for(job.args, part, st.step, st.total, groups=groups)
+                # the image, so the softmask pools the branches of one image, as Forge does (an
+                # int period: a reshape inside, no tensor made per call)
+                images = st.images if hidden_states.shape[0] % st.images == 0 else None
+                transform = job.transforms.get(part, st.step, st.total, images)
             except Exception as exc:
                 job.fail("A1111 attention transform", exc)
         if transform is None:
@@ -271,8 +273,11 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
             batch = hidden_states.shape[0]
             ip_k, ip_v = emb_to_k(cond_uncond_image_emb), emb_to_v(cond_uncond_image_emb)
             ip_k, ip_v = (t.view(batch, -1, attn_heads, head_dim).transpose(1, 2).to(query.dtype) for t in (ip_k, ip_v))
-            recorder = preview.a1111_recorder(job, self, batch, transform) if job.recording is not None else None
-            out = ip_attention(query, ip_k, ip_v, transform, recorder=recorder)   # (B, heads, L, d)
+            if job.recording is None:
+                out = ip_attention(query, ip_k, ip_v, transform, kernels=job.kernels)   # (B, heads, L, d)
+            else:   # "Show face attention": the same output, plus the maps
+                out = preview.face_attention(query, ip_k, ip_v, transform, kernels=job.kernels,
+                                             recorder=preview.a1111_recorder(job, self, batch, transform))
             job.am_calls[(st.index, st.step, job.layer_part)] += 1
             return out.transpose(1, 2).reshape(batch, -1, attn_heads * head_dim)
         except Exception as exc:
@@ -328,7 +333,7 @@ def start_pass(job: Job, p) -> None:
     face = any(is_faceid(a) for a in adapters)
     if not face and job.passes == 0:
         job.note("no FaceID unit in sd-webui-controlnet: DCG without the face branch, no attention transform")
-    st = PassState(index=job.passes, is_hires=is_hires, face=face, images=int(getattr(p, "batch_size", 1) or 1),
+    st = PassState(index=job.passes, is_hires=is_hires, face=face, images=max(int(getattr(p, "batch_size", 1) or 1), 1),
                    eps_output=type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
     job.passes += 1
     job.current_pass = st

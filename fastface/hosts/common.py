@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..attention import KernelSwitch, TransformCache
 from ..config import FastFaceArgs, Issue
 from ..infotext import INFOTEXT_KEY, to_infotext
 
@@ -141,6 +142,15 @@ class Job:
     layer_part: Optional[str] = None     # UNet part of the attn2 layer now running
     installed: set = field(default_factory=set)
     recording: Any = None                # "Show face attention" (hosts/preview.py); None when off
+    # face branch: fused kernels allowed until one fails; transforms built once per key
+    kernels: KernelSwitch = field(default_factory=KernelSwitch)
+    _transforms: Optional[TransformCache] = None
+
+    @property
+    def transforms(self) -> TransformCache:
+        if self._transforms is None or self._transforms.args is not self.args:
+            self._transforms = TransformCache(self.args)
+        return self._transforms
 
     @property
     def active(self) -> bool:

@@ -257,9 +257,12 @@ class FaceAttn2Patch:
             qh = q.view(rows, tokens, heads, head_dim).transpose(1, 2)
             kh = ip_k.to(q.dtype).view(rows, -1, heads, head_dim).transpose(1, 2)
             vh = ip_v.to(q.dtype).view(rows, -1, heads, head_dim).transpose(1, 2)
-            recorder = preview.forge_recorder(job, adapter, rows, extra_options, transform) \
-                if job.recording is not None else None
-            face_out = ip_attention(qh, kh, vh, transform, recorder=recorder).transpose(1, 2).reshape(rows, tokens, width)
+            if job.recording is None:
+                face_out = ip_attention(qh, kh, vh, transform)
+            else:   # "Show face attention": the same output, plus the maps
+                face_out = preview.face_attention(qh, kh, vh, transform, kernels=None, recorder=preview.forge_recorder(
+                    job, adapter, rows, extra_options, transform))
+            face_out = face_out.transpose(1, 2).reshape(rows, tokens, width)
             if not linear:
                 face_out = face_out * weight
             out = out + face_out.to(out.dtype)

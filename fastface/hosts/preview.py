@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..attention import ip_attention
 from ..attnmaps import AttentionRecorder, token_layout
 from ..blocks import unet_part
 from .common import Job, log
@@ -185,14 +186,30 @@ def give_up(job: Job, exc: BaseException) -> None:
         job.recording = None
 
 
-def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor) -> None:
-    """Where the host's own code computes the face branch (fused, no probabilities): the
-    untransformed map from the same q and k, for the preview only; the host's output is kept."""
+def face_attention(q, k, v, transform, *, kernels=None, recorder=None):
+    """`ip_attention` while recording, with exactly the output the job gets without recording.
+
+    Normally the maps come from the call itself (`recorder=`: the torch path, which is also the
+    path without recording). Where the fused kernels would run (CUDA, kernels enabled), the
+    recorder would force the torch path and change the output by rounding; there the output comes
+    from the kernels as without recording and the maps are computed beside it."""
+    if recorder is not None and kernels is not None and kernels.enabled and q.is_cuda:
+        out = ip_attention(q, k, v, transform, kernels=kernels)
+        record_maps(recorder, q, k, transform)
+        return out
+    return ip_attention(q, k, v, transform, recorder=recorder, kernels=kernels)
+
+
+def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor, transform=None) -> None:
+    """Where the face branch's map is not materialised (the host's own fused code, or FastFace's
+    fused kernels): the map from the same q and k (and the transform, if any), for the preview
+    only; the output is not touched."""
     if recorder is None:
         return
     with torch.no_grad():
         scores = torch.matmul(query.float(), ip_k.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5)
-        recorder(scores.softmax(dim=-1), None)
+        attn = scores.softmax(dim=-1)
+        recorder(attn, None if transform is None else transform(attn))
 
 
 # -- Forge -------------------------------------------------------------------------------------------
