@@ -82,7 +82,7 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
     `recorder(attn, attn_transformed)` (both (B, heads, L, T) fp32 views; the second None without
     a transform) sees the maps of this very call; `kernels` allows the fused Triton kernels on
     CUDA (never while recording)."""
-    if kernels is not None and kernels.enabled and recorder is None and q.is_cuda:
+    if kernels is not None and kernels.enabled and recorder is None:
         out = _fused(q, k, v, transform, kernels)
         if out is not None:
             return out
@@ -112,7 +112,7 @@ def _fused(q, k, v, transform, kernels: KernelSwitch) -> Optional[Tensor]:
         from . import fused_face
     except Exception:  # the module itself is optional
         return None
-    if not fused_face.available(q.device):
+    if not fused_face.available(q.device):   # CUDA with Triton (or Triton's interpreter in tests)
         return None
     try:
         return fused_face.face_attention(q, k, v, transform)
