@@ -190,14 +190,23 @@ def face_attention(q, k, v, transform, *, kernels=None, recorder=None):
     """`ip_attention` while recording, with exactly the output the job gets without recording.
 
     Normally the maps come from the call itself (`recorder=`: the torch path, which is also the
-    path without recording). Where the fused kernels would run (CUDA, kernels enabled), the
-    recorder would force the torch path and change the output by rounding; there the output comes
-    from the kernels as without recording and the maps are computed beside it."""
-    if recorder is not None and kernels is not None and kernels.enabled and q.is_cuda:
+    path without recording). Where the fused kernels would run (kernels enabled and
+    `fused_face.available`: CUDA with Triton), the recorder would force the torch path and change
+    the output by rounding; there the output comes from the kernels as without recording and the
+    maps are computed beside it."""
+    if recorder is not None and kernels is not None and kernels.enabled and _kernels_run(q):
         out = ip_attention(q, k, v, transform, kernels=kernels)
         record_maps(recorder, q, k, transform)
         return out
     return ip_attention(q, k, v, transform, recorder=recorder, kernels=kernels)
+
+
+def _kernels_run(q) -> bool:
+    try:
+        from ..fused_face import available
+    except Exception:  # the kernel module is optional
+        return False
+    return bool(available(q.device))
 
 
 def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor, transform=None) -> None:
