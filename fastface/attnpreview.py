@@ -160,7 +160,7 @@ def render_grid(image: Image.Image, maps: ImageMaps, layout: TokenLayout, panel:
                 y += PASS_H
         _text(draw, (MARGIN, y + ph // 2 - 6), part if token is None else f"{part} token {token}")
         if token is not None:
-            _text(draw, (MARGIN, y + ph // 2 + 8), "(Plus-v2: background)", DIM)
+            _text(draw, (MARGIN, y + ph // 2 + 8), "(background)", DIM)
         steps = maps.passes[pass_index]
         for s, step in enumerate(sorted(steps)):
             cell: Optional[PartMaps] = steps[step].get(part)
