@@ -279,6 +279,11 @@ def expected_preview_size(image_wh, steps, tokens, *, separate=0, groups=1, pass
     return width, height
 
 
+def _unit_separate() -> int:
+    """Rows of their own for token 0 in the default unit's preview: FaceID-Plus (v2) units."""
+    return 1 if "plus" in str(face_unit().get("model", "")).lower() else 0
+
+
 def _with_units(units):
     return {"controlnet": {"args": units}}
 
@@ -296,7 +301,7 @@ def test_show_attention_adds_one_preview_per_image_and_changes_no_pixel(preset):
     for a, b in zip(off["images"][:n], on["images"][:n]):
         assert png_pixels(a) == png_pixels(b)
     for extra in on["images"][n:]:
-        assert png_size(extra) == expected_preview_size((64, 64), 4, 4)
+        assert png_size(extra) == expected_preview_size((64, 64), 4, 4, separate=_unit_separate())
     assert "show_attention" not in infotext(on) and infotext(on) == infotext(off)
     assert len(on["info_json"]["infotexts"]) == len(off["info_json"]["infotexts"])   # no infotext of their own
 
@@ -314,7 +319,7 @@ def test_show_attention_in_img2img():
     assert len(outs[True]["images"]) == len(outs[False]["images"]) + 1
     assert png_pixels(outs[True]["images"][0]) == png_pixels(outs[False]["images"][0])
     # img2img at strength 0.6 runs int(4 · 0.6) = 2 steps
-    assert png_size(outs[True]["images"][-1])[1] == expected_preview_size((64, 64), 2, 4)[1]
+    assert png_size(outs[True]["images"][-1])[1] == expected_preview_size((64, 64), 2, 4, separate=_unit_separate())[1]
 
 
 @pytest.mark.parametrize("kind,faces", [("portrait", 1), ("portrait", 2), ("plus", 1), ("plusv2", 1)])
