@@ -68,9 +68,18 @@ class KernelSwitch:
 
 
 # -- the face branch ---------------------------------------------------------------------------
+def _f32(t: Tensor) -> Tensor:
+    """t in fp32; an fp32 tensor as it is (a dtype check, not a dispatched no-op `.float()`)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def face_probs_token_major(q: Tensor, k: Tensor) -> Tensor:
     """softmax(q·kᵀ/√d) over the face tokens, fp32, token-major (B, heads, T, L)."""
-    qf, kf = q.float(), k.float()
+    qf, kf = _f32(q), _f32(k)
     scores = torch.matmul(kf * (qf.shape[-1] ** -0.5), qf.transpose(-1, -2))  # (B, h, T, L)
     return scores.softmax(dim=-2)
 
@@ -87,8 +96,8 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
         if out is not None:
             return out
     if transform is None and recorder is None:
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-    vf = v.float()
+        return _as(F.scaled_dot_product_attention(_f32(q), _f32(k), _f32(v)), q.dtype)
+    vf = _f32(v)
     probs = face_probs_token_major(q, k)                           # (B, h, T, L)
     if transform is None:
         mapped = probs
@@ -98,12 +107,75 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
         mapped = transform(probs.transpose(-1, -2)).transpose(-1, -2)
     if recorder is not None:
         recorder(probs.transpose(-1, -2), None if transform is None else mapped.transpose(-1, -2))
-    out = torch.matmul(mapped.transpose(-1, -2), vf)               # (B, h, L, d)
     weight = getattr(transform, "output_adain", None)
-    if weight is not None and weight < 1.0:
-        reference = torch.matmul(probs.transpose(-1, -2), vf)     # the untransformed A·V
-        out = adain_blend_lean(out, reference, weight, dim=-1)
-    return out.to(q.dtype)
+    if weight is None or weight >= 1.0 or vf.shape[-1] < 2:
+        out = torch.matmul(mapped.transpose(-1, -2), vf)           # (B, h, L, d)
+    elif probs.shape[-1] >= LARGE_MAP:
+        out = _values_then_output_adain(mapped, probs, vf, weight)
+    else:
+        out = _values_with_output_adain(mapped, probs, vf, weight)
+    return _as(out, q.dtype)
+
+
+LARGE_MAP = 256   # L from which the output AdaIN's statistics come from the maps (fewer FLOPs)
+
+
+def _values_then_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: float) -> Tensor:
+    """A'·V blended by AdaIN (statistics over d) towards A·V without computing A·V: every output
+    row is a mix of the T value rows, so μ = A·m and σ² = A·C·Aᵀ with m the mean of each value row
+    and C their (unbiased) covariance over d — (L × T × T) work instead of another (L × T × d)
+    product and passes over (L × d). For large L (the CPU's big layers); small calls, where the
+    number of kernels is what counts, take `_values_with_output_adain`."""
+    d = v.shape[-1]
+    out = torch.matmul(mapped.transpose(-1, -2), v)                     # (B, h, L, d)
+    mean_v = v.mean(dim=-1, keepdim=True)                               # (B, h, T, 1)
+    centred = v - mean_v
+    cov = torch.matmul(centred, centred.transpose(-1, -2)).div_(d - 1)  # (B, h, T, T)
+
+    def stats(a):                                                       # a (B, h, T, L)
+        at = a.transpose(-1, -2)
+        var = torch.matmul(at, cov).mul_(at).sum(dim=-1, keepdim=True)
+        return torch.matmul(at, mean_v), var.clamp_min_(0.0).sqrt_()  # (B, h, L, 1) each
+
+    mean_x, std_x = stats(mapped)
+    mean_r, std_r = stats(probs)
+    gain = std_r.div_(std_x.add_(ADAIN_EPS))
+    shift = torch.addcmul(mean_r, mean_x, gain, value=-1.0).mul_(1.0 - weight).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    scale = gain.mul_(1.0 - weight).add_(weight).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
+    return torch.addcmul(shift, out, scale)
+
+
+def _values_with_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: float) -> Tensor:
+    """A'·V blended by AdaIN (statistics over d) towards A·V, in one product.
+
+    With V = Vc + μV (μV the mean of each value row over d), A'·V = A'·Vc + A'·μV: its centred part
+    and its mean. So both maps, stacked, times [Vc | μV] give the centred outputs and their means
+    at once, and `adain_blend` becomes
+        out = (A'·Vc)·(w + (1 − w)·g) + w·μ' + (1 − w)·μ,   g = ‖A·Vc‖ / (‖A'·Vc‖ + ε·√(d − 1)).
+    Where g is not finite (an infinite reference) the output is only re-centred (scale 1)."""
+    d = v.shape[-1]
+    maps = torch.stack((mapped, probs)).transpose(-1, -2)             # (2, B, h, L, T)
+    both = torch.matmul(maps, torch.matmul(v, _centre_and_mean(d, v.device)))   # (2, B, h, L, d + 1)
+    centred, means = both[..., :d], both[..., d:]
+    norms = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)   # (2, B, h, L, 1)
+    gain = norms[1] / (norms[0] + ADAIN_EPS * (d - 1) ** 0.5)
+    scale = gain.mul_(1.0 - weight).add_(weight).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
+    return torch.addcmul(torch.lerp(means[1], means[0], weight), centred[0], scale)
+
+
+def _centre_and_mean(d: int, device: torch.device) -> Tensor:
+    """The (d, d + 1) matrix [I − 11ᵀ/d | 1/d]: V times it is [V − μV | μV] (fp32, cached per
+    device like `_flip_first`)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _make_centre_and_mean(d, device)
+    return _cached_centre_and_mean(d, device)
+
+
+def _make_centre_and_mean(d: int, device: torch.device) -> Tensor:
+    matrix = torch.full((d, d + 1), -1.0 / d, device=device)
+    matrix[:, d] = 1.0 / d
+    matrix[:, :d] += torch.eye(d, device=device)
+    return matrix
 
 
 def _fused(q, k, v, transform, kernels: KernelSwitch) -> Optional[Tensor]:
@@ -140,8 +212,8 @@ def adain_blend_lean(x: Tensor, reference: Tensor, weight: float, dim: int,
     n = x.shape[dim]
     if weight >= 1.0 or n < 2:
         return x
-    xf, rf = x.float(), reference.float()
-    centered_x = xf - xf.mean(dim=dim, keepdim=True)
+    xf, rf = _f32(x), _f32(reference)
+    centered_x = torch.sub(xf, xf.sum(dim=dim, keepdim=True), alpha=1.0 / n)
     mean_r = rf.mean(dim=dim, keepdim=True) if reference_mean is None else reference_mean
     centered_r = rf - mean_r
     sq_x = torch.linalg.vecdot(centered_x, centered_x, dim=dim).unsqueeze(dim)   # (n − 1)·σx²
@@ -149,7 +221,7 @@ def adain_blend_lean(x: Tensor, reference: Tensor, weight: float, dim: int,
     gain = sq_r.sqrt_().div_(sq_x.sqrt_().add_(ADAIN_EPS * (n - 1) ** 0.5))
     delta = torch.rsub(xf, mean_r).addcmul_(centered_x, gain)
     delta = delta.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return torch.add(xf, delta, alpha=1.0 - weight).to(x.dtype)
+    return _as(torch.add(xf, delta, alpha=1.0 - weight), x.dtype)
 
 
 def adain_blend(x: Tensor, reference: Tensor, weight: float, dim: int) -> Tensor:
@@ -249,6 +321,7 @@ def _make_flip(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 _cached_flip = functools.lru_cache(maxsize=32)(_make_flip)
+_cached_centre_and_mean = functools.lru_cache(maxsize=32)(_make_centre_and_mean)
 
 
 def _softmask_token_major(t: Tensor, quantile: float, d: float, s: float, invert_first: bool,

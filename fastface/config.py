@@ -165,6 +165,12 @@ class FastFaceArgs:
         True, "hires", "Also in hires fix",
         "Run FastFace in the hires-fix pass too (its steps get their own schedule).",
         advanced=True)
+    readout: bool = _field(
+        True, "readout", "Likeness readout",
+        "After each image, write how close its face is to the FaceID unit's reference face into "
+        "the infotext as 'FastFace ID' (cosine similarity of insightface buffalo_l embeddings, the "
+        "paper's ID metric; 'no face' when none is found). Runs only with a FaceID unit and the "
+        "buffalo_l models the host already has; otherwise a note says why. Never changes the image.")
 
     # --- view options (not generation parameters: no infotext, no preset, no XYZ axis) ----------
     show_attention: bool = _field(
@@ -192,7 +198,9 @@ FIELDS_BY_KEY: dict[str, dataclasses.Field] = {f.metadata["key"]: f for f in FIE
 # View options: shown in the UI and accepted by the API, never in the infotext or a preset.
 VIEW_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if not f.metadata["infotext"])
 # Fields that a preset sets: everything that describes the method, not the toggle or the name.
-METHOD_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in ("enabled", "preset") + VIEW_FIELDS)
+# The readout only measures and the view options only show: a preset neither sets nor resets them.
+NON_METHOD_FIELDS = ("enabled", "preset", "readout") + VIEW_FIELDS
+METHOD_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NON_METHOD_FIELDS)
 
 
 def meta(name: str) -> Mapping[str, Any]:

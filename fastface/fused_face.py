@@ -18,13 +18,21 @@ Launches per call (no host-device sync, nothing created on the CPU: CUDA-graph c
                                  recomputed per program from (2)'s (B·H, T) statistics (every step is
                                  monotone in t, so their extremes are at min_L t and max_L t); then per
                                  block: the mask, invert-first undone, map AdaIN over T, ·v, output AdaIN
-                                 (its statistics over d follow from the maps and v's per-token mean and
-                                 covariance, as in `attention._output_adain`).
+                                 (its statistics over d taken from the output rows in registers and from
+                                 A·v, one more tensor-core product; the torch path gets the same values
+                                 from v's per-token mean and covariance, `attention._output_adain`).
     No torch op runs between them (the allocations are `torch.empty`).
+
+Measured on an H200 (bench/bench_fused.py, SDXL attn2 at 1024², 3 rows, fp16, T 4 / 16, GPU µs per
+call in a CUDA graph, fused vs the torch path of main at a5888c6): L 4096 × 10 heads: none 28 vs
+109-119, scale-power 28 vs 119-138, softmask + AdaIN 66 / 109 (that torch path was not capturable);
+L 1024 × 20 heads: 17 vs 63-80 and 44 / 80 for the softmask. Eager, per call: ~40 µs for one launch (Triton's launcher) vs 105-157 µs,
+and ~100-122 µs vs ~1.5 ms for the softmask.
 
 The one documented difference: the torch path's finite guards of the two AdaINs look at the whole
 call (one non-finite statistic leaves every row unblended); here they are per query row. Both agree
-whenever the statistics are finite, i.e. for any finite input.
+whenever the statistics are finite, i.e. for any finite input. Values: fp32 within 1e-5 (abs + rel),
+fp16 / bf16 within one ulp of the output dtype (both round the same fp32 result).
 
 Anything outside this contract (another transform, tensor `groups`, T > 16, d > 256, mixed dtypes,
 inputs that need gradients) raises NotImplementedError so the caller keeps the torch path.
@@ -35,6 +43,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import struct
 from types import SimpleNamespace
 from typing import Optional
 
@@ -105,8 +114,10 @@ def _pow2(n: int, at_least: int = 16) -> int:
 
 
 def _zero_pow(p: float) -> float:
-    """0ᵖ as torch computes it: 1 for p = 0, 0 for p > 0, inf for p < 0."""
-    return 1.0 if p == 0 else (0.0 if p > 0 else float("inf"))
+    """0ᵖ as torch computes it on an fp32 tensor: with p rounded to fp32 (as the kernel gets it too),
+    1 for p = 0, 0 for p > 0, inf for p < 0."""
+    p32 = struct.unpack("f", struct.pack("f", p))[0]
+    return 1.0 if p32 == 0 else (0.0 if p32 > 0 else float("inf"))
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -136,12 +147,14 @@ def _pool_period(groups) -> int:
 
 
 def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
-                   block_l: Optional[int] = None, stats_block: Optional[int] = None) -> Tensor:
+                   block_l: Optional[int] = None, stats_block: Optional[int] = None,
+                   search_ways: Optional[int] = None, stats_warps: Optional[int] = None) -> Tensor:
     """`attention.ip_attention(q, k, v, transform)` through the fused kernels; (B, H, L, d) in q.dtype.
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
-    NotImplementedError. `block_l` / `stats_block` override the block sizes (tests use small ones to
-    cover partial blocks and the streamed quantile)."""
+    NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) /
+    `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use
+    small blocks to cover partial blocks and the streamed quantile; the bench compares variants)."""
     _check(q, k, v)
     if transform is not None and type(transform) not in (ScalePower, Softmask):
         raise NotImplementedError(f"transform {type(transform).__name__}")
@@ -152,6 +165,11 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
     if block_l is None:
         block_l = 64 if d_pad <= 128 else 32
     scale = d ** -0.5
+    # fp16 / bf16 products on tensor cores (exact, fp32 accumulation); fp32 as fp32. bf16 goes the fp32
+    # way in Triton's CPU interpreter, whose bf16 tl.dot is wrong (3.9); the GPU sweep of
+    # bench/bench_fused.py covers bf16 on tensor cores.
+    native = q.dtype == torch.float16 or (q.dtype == torch.bfloat16 and not _interpret_requested())
+    parts = 3 if q.dtype == torch.bfloat16 else 2
     out = torch.empty((b, h, length, d), dtype=q.dtype, device=q.device)
     grid = (triton_cdiv(length, block_l), b * h)
     with _on_device(q):
@@ -166,15 +184,15 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
                 float(transform.s) if sp else 1.0, float(transform.p) if sp else 1.0,
                 _zero_pow(float(transform.p)) if sp else 0.0,
                 float(transform.clamp_max) if sp else 0.0, w, 1.0 - w, ADAIN_EPS,
-                SCALE_POWER=sp, OUT_ADAIN=out_adain,
+                SCALE_POWER=sp, OUT_ADAIN=out_adain, NATIVE=native, PARTS=parts,
                 BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
             return out
         return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale,
-                         stats_block)
+                         stats_block, search_ways, stats_warps, native, parts)
 
 
 def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale,
-              stats_block):
+              stats_block, search_ways, stats_warps, native, parts):
     b, h, length, d = q.shape
     tokens = k.shape[2]
     period = _pool_period(sm.groups)
@@ -190,22 +208,25 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
 
     # 1. A, token-major
     kernels.probs[grid](q, k, probs, *q.stride(), *k.stride(), h, length, tokens, d, scale,
-                        BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
+                        NATIVE=native, BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
     # 2. per (row·head, token) min, max and the quantile (torch's linear interpolation, positions
     #    fixed by L alone: x₍lo₎ + (x₍hi₎ − x₍lo₎)·frac over the sorted values)
     pos = float(sm.quantile) * (length - 1)
     k_lo = int(pos)
     k_hi = min(k_lo + 1, length - 1)
     chunk = stats_block or min(_pow2(length), STATS_BLOCK)
+    ways = search_ways or (16 if chunk <= 1024 else 4)   # the (ways, chunk) compare tile stays ≤ 16K
     kernels.token_stats[(tokens, rows_heads)](
         probs, stats, rows_heads, length, tokens, k_lo, k_hi, pos - k_lo, QUANTILE_FLOOR,
         INVERT_FIRST=bool(sm.invert_first), BLOCK=chunk, ONE_CHUNK=length <= chunk,
-        num_warps=4 if chunk <= 1024 else 8)
+        CHUNKS=_pow2(triton_cdiv(length, chunk), 1), WAYS=ways, ITERS=-(-32 // (ways.bit_length() - 1)),
+        num_warps=stats_warps or 4)  # H200, L 4096, T 16: 55 µs with 4 warps, 61 with 8, 64 with 16
     # 3. pooled statistics → mask → map AdaIN → ·v → output AdaIN
     kernels.softmask[grid](
         probs, stats, v, out, *v.stride(), *out.stride(),
         b, h, length, tokens, d, period, float(sm.d), float(sm.s), float(sm.clamp_max), w, 1.0 - w, ADAIN_EPS,
         INVERT_FIRST=bool(sm.invert_first), MAP_ADAIN=w < 1.0 and tokens >= 2, OUT_ADAIN=w < 1.0 and d >= 2,
+        NATIVE=native, PARTS=parts,
         BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, RH_PAD=rh_pad, num_warps=4)
     return out
 

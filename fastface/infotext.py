@@ -46,6 +46,8 @@ def to_infotext(args: FastFaceArgs) -> str:
     parts = [f"preset={args.preset}"]
     if not args.enabled:
         parts.append("enabled=false")
+    if args.readout != FastFaceArgs.readout:  # the readout is on by default: only "off" is written
+        parts.append(f"{meta('readout')['key']}={format_value('readout', args.readout)}")
     for name in METHOD_FIELDS:
         value = getattr(args, name)
         if value != getattr(preset, name):

@@ -26,5 +26,5 @@ assert tuple(PRESETS) == PRESET_NAMES
 
 def apply_preset(args: FastFaceArgs, name: str) -> FastFaceArgs:
     """`args` with every method field taken from preset `name`; the toggle and the view options
-    (e.g. show_attention) are kept."""
-    return PRESETS[name].replace(enabled=args.enabled, show_attention=args.show_attention)
+    (the likeness readout, show_attention) are kept."""
+    return PRESETS[name].replace(enabled=args.enabled, readout=args.readout, show_attention=args.show_attention)

@@ -29,6 +29,9 @@ class FastFaceScript(scripts.Script):
     def process_before_every_sampling(self, p, *args, **kwargs):
         webui.before_sampling(p, *args, **kwargs)
 
+    def postprocess_image(self, p, pp, *args):
+        webui.postprocess_image(p, pp)
+
     def postprocess(self, p, processed, *args):
         webui.postprocess(p, processed)
 

@@ -78,9 +78,13 @@ def compile_conditions(cond):
 # -- backend/sampling/sampling_function.py (dfdcbab6) -----------------------------------------------
 def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     """Mirrors L154-289: every `cond` entry is a COND (0) chunk, every `uncond` entry an UNCOND (1)
-    chunk; chunks with equal context shapes run in one model call whose
-    `transformer_options["cond_or_uncond"]` lists the chunk labels and `["sigmas"]` the timestep;
-    COND outputs are averaged by strength into one prediction, UNCOND likewise."""
+    chunk; chunks with equal context shapes run in one model call, in *reverse* list order
+    (L179-189: `to_batch_temp.reverse()`, so [uncond, cond] for one entry each), unless
+    `max_chunks` (a stand-in for the free-memory check L193-213) splits them. Per call the
+    transformer options get `cond_or_uncond`, `sigmas`, `cond_mark` and `cond_indices` /
+    `uncond_indices` (L253-259); a ControlNet computes its signal from them *before*
+    `model_function_wrapper` runs (L261-273). COND outputs are averaged by strength into one
+    prediction, UNCOND likewise (L276-289)."""
     out_cond, count_cond = torch.zeros_like(x_in), torch.ones_like(x_in) * 1e-37
     out_uncond, count_uncond = torch.zeros_like(x_in), torch.ones_like(x_in) * 1e-37
     to_run = [(entry, COND) for entry in cond]
@@ -88,16 +92,28 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
         to_run += [(entry, UNCOND) for entry in uncond]
     while to_run:
         shape = to_run[0][0]["model_conds"]["c_crossattn"].shape
-        batch = [item for item in to_run if item[0]["model_conds"]["c_crossattn"].shape == shape]
-        to_run = [item for item in to_run if item[0]["model_conds"]["c_crossattn"].shape != shape]
+        fits = [i for i, item in enumerate(to_run) if item[0]["model_conds"]["c_crossattn"].shape == shape]
+        fits.reverse()
+        fits = fits[:model_options.get("max_chunks", len(fits))]
+        batch = [to_run[i] for i in fits]
+        to_run = [item for i, item in enumerate(to_run) if i not in fits]
         labels = [label for _, label in batch]
         transformer_options = dict(model_options.get("transformer_options", {}))
         transformer_options["cond_or_uncond"] = labels[:]
         transformer_options["sigmas"] = timestep
+        transformer_options["cond_mark"] = torch.tensor([float(l) for l in labels for _ in range(timestep.shape[0])])
+        b = timestep.shape[0]
+        transformer_options["cond_indices"] = [i * b + j for i, l in enumerate(labels) if l == COND for j in range(b)]
+        transformer_options["uncond_indices"] = [i * b + j for i, l in enumerate(labels) if l == UNCOND for j in range(b)]
         c = dict(c_crossattn=torch.cat([e["model_conds"]["c_crossattn"] for e, _ in batch]),
                  transformer_options=transformer_options)
         x = torch.cat([x_in] * len(batch))
         t = torch.cat([timestep] * len(batch))
+        control = batch[0][0].get("control")
+        if control is not None:
+            control.transformer_options = transformer_options
+            c["control"] = control.get_control(x, t, dict(c), len(batch))
+            c["control_model"] = control
         if "model_function_wrapper" in model_options:
             output = model_options["model_function_wrapper"](model.apply_model, {"input": x, "timestep": t, "c": c, "cond_or_uncond": labels})
         else:
@@ -111,6 +127,30 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
                 out_uncond += chunk * mult
                 count_uncond += mult
     return out_cond / count_cond, out_uncond / count_uncond
+
+
+class ControlNet:
+    """The contract of a ControlNet in `controlnet_linked_list` (backend/patcher/controlnet.py
+    L292-340, weighting L84-150): `get_control(x, t, cond, batched_number)` returns per-row
+    signals {"middle": [tensor]} computed from the call's rows and context; with an advanced
+    weighting the signal of each row is scaled by the positive or the negative weight according
+    to `transformer_options["cond_mark"]` (L138)."""
+
+    def __init__(self, positive_weight=None, negative_weight=None):
+        self.previous_controlnet = None
+        self.transformer_options = {}
+        self.positive_advanced_weighting = None if positive_weight is None else {"middle": [positive_weight]}
+        self.negative_advanced_weighting = None if negative_weight is None else {"middle": [negative_weight]}
+
+    def get_control(self, x, t, cond, batched_number):
+        context = cond["c_crossattn"].mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
+        signal = 0.05 * torch.tanh(x + context)
+        if self.positive_advanced_weighting is not None or self.negative_advanced_weighting is not None:
+            mark = self.transformer_options["cond_mark"].reshape(-1, 1, 1, 1)
+            pos = (self.positive_advanced_weighting or {"middle": [1.0]})["middle"][0]
+            neg = (self.negative_advanced_weighting or {"middle": [1.0]})["middle"][0]
+            signal = signal * (pos * (1.0 - mark) + neg * mark)
+        return {"input": [None], "middle": [signal], "output": []}   # unet.py apply_control: None = no signal
 
 
 def sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options):
@@ -137,10 +177,13 @@ def sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_
 
 
 def sampling_function(unet_patcher, x, sigma, text_cond, text_uncond, cond_scale):
-    """Mirrors L325-363: compile the A1111 conditions, run the `conditioning_modifiers`
-    (8-tuple), then `sampling_function_inner`."""
+    """Mirrors L325-363: compile the A1111 conditions, attach the patcher's ControlNet to every
+    entry (L352-357), run the `conditioning_modifiers` (8-tuple), then `sampling_function_inner`."""
     model, options = unet_patcher.model, unet_patcher.model_options
     uncond, cond = compile_conditions(text_uncond), compile_conditions(text_cond)
+    if unet_patcher.controlnet_linked_list is not None:
+        for entry in cond + (uncond or []):
+            entry["control"] = unet_patcher.controlnet_linked_list
     seed = 0
     for modifier in options.get("conditioning_modifiers", []):
         model, x, sigma, uncond, cond, cond_scale, options, seed = modifier(model, x, sigma, uncond, cond, cond_scale, options, seed)
@@ -249,9 +292,9 @@ class ToyUNet(torch.nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             self.layers.append(layer)
 
-    def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
         b, c, h, w = x.shape
-        tokens = x.reshape(b, c, h * w).transpose(1, 2)
+        tokens = x.reshape(b, c, h * w).transpose(1, 2).contiguous()
         extra = {k: v for k, v in transformer_options.items() if k not in ("patches", "patches_replace")}
         replace = transformer_options.get("patches_replace", {}).get("attn2", {})
         eps = torch.zeros_like(tokens)
@@ -263,7 +306,10 @@ class ToyUNet(torch.nn.Module):
             key = (block[0], block[1], 0) if (block[0], block[1], 0) in replace else block
             out = replace[key](q, k, v, options) if key in replace else attention(q, k, v, self.heads)
             eps = eps + layer["to_out"](out)
-        return eps.transpose(1, 2).reshape(b, c, h, w) + 0.01 * timesteps.reshape(-1, 1, 1, 1)
+        eps = eps.transpose(1, 2).reshape(b, c, h, w) + 0.01 * timesteps.reshape(-1, 1, 1, 1)
+        if control is not None:   # the middle block adds the ControlNet signal (unet.py apply_control)
+            eps = eps + control["middle"][0]
+        return eps
 
 
 class KModel:
@@ -274,10 +320,10 @@ class KModel:
         self.diffusion_model = diffusion_model
         self.calls = []
 
-    def apply_model(self, x, t, c_crossattn=None, transformer_options={}, **kwargs):
+    def apply_model(self, x, t, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         self.calls.append(dict(rows=x.shape[0], labels=list(transformer_options.get("cond_or_uncond", [])),
-                               context=c_crossattn.detach().clone()))
-        eps = self.diffusion_model(x, t, context=c_crossattn, transformer_options=transformer_options)
+                               context=c_crossattn.detach().clone(), options=transformer_options))
+        eps = self.diffusion_model(x, t, context=c_crossattn, control=control, transformer_options=transformer_options)
         return x - t.reshape(-1, 1, 1, 1) * eps
 
 

@@ -2,9 +2,11 @@
 
 The kernels run on the CPU in Triton's interpreter (TRITON_INTERPRET=1, set by a module fixture before
 the kernels are built). The interpreter is slow per program, so shapes are small: a few rows and
-heads, L = 37 with 16-query blocks (the last block partial), d = 40 (padded to 64, SD1.5-like) or 64.
-Tolerances: fp32 1e-5 absolute plus 1e-5 relative (outputs reach ~20 where the clamp is high, and an fp32
-ulp there is 2e-6); fp16 2e-3 absolute plus 1e-3 relative, since both paths compute in fp32 and
+heads, L = 20 with 16-query blocks (the last block partial), d = 40 (padded to 64, SD1.5-like) or 64.
+Tolerances: fp32 1e-5 relative, and 1e-5 absolute in units of the largest output (both paths sum
+products of up to clamp_max·|v| per token, so an output near 0 carries the rounding of terms as large
+as the largest output: with s = 30, clamp 5, T = 16 the outputs reach 45 and both paths are 2e-5 from an
+fp64 evaluation); fp16 2e-3 absolute plus 1e-3 relative, since both paths compute in fp32 and
 round to fp16, and a value on a rounding boundary may land one fp16 ulp (≤ 2⁻¹⁰ relative) apart.
 """
 import dataclasses
@@ -41,7 +43,7 @@ if not isinstance(triton.language.standard.max, InterpretedFunction):
                 "run `pytest tests/test_fused_face.py` on its own", allow_module_level=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LENGTH, BLOCK = 37, 16
+LENGTH, BLOCK = 20, 16  # two query blocks, the last one partial
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,7 +58,7 @@ def triton_interpreter():
         os.environ["TRITON_INTERPRET"] = before
 
 
-def inputs(seed, rows=3, heads=2, length=LENGTH, tokens=4, d=40, dtype=torch.float32, spreads=(3.0, 1.0, 0.3)):
+def inputs(seed, rows=3, heads=1, length=LENGTH, tokens=4, d=40, dtype=torch.float32, spreads=(3.0, 1.0, 0.3)):
     """q, k, v with a different logit spread per row, so per-row and pooled min-max norms differ."""
     g = torch.Generator().manual_seed(seed)
     spread = torch.tensor([spreads[r % len(spreads)] for r in range(rows)]).view(rows, 1, 1, 1)
@@ -77,7 +79,8 @@ def reference(q, k, v, transform):
 def assert_matches(got, expected):
     assert got.dtype == expected.dtype and got.shape == expected.shape
     if expected.dtype == torch.float32:
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
     else:
         torch.testing.assert_close(got.float(), expected.float(), rtol=1e-3, atol=2e-3)
 
@@ -111,7 +114,8 @@ CASES = [("pooled-invert-adain0.7", torch.float32, 4), ("pooled-invert-adain0.7"
 @pytest.mark.parametrize("name, dtype, tokens", CASES)
 def test_softmask_matches_torch(name, dtype, tokens):
     transform = SOFTMASKS[name]
-    q, k, v = inputs(2, tokens=tokens, dtype=dtype, heads=2 if tokens == 4 else 1)
+    # T = 16 with 2 rows, T = 4 with 3 rows and 2 heads: the interpreter's time grows with rows·heads·T
+    q, k, v = inputs(2, tokens=tokens, dtype=dtype, rows=3 if tokens == 4 else 2, heads=2 if tokens == 4 else 1)
     assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
 
 
@@ -124,19 +128,21 @@ def test_groups_change_the_result():
     assert_matches(alone, reference(q, k, v, Softmask(0.65, 5.0, 1.55, groups=3)))
 
 
-def test_streamed_quantile_and_ties():
-    """L longer than the statistics block (the streamed bisection), and ties: row 0 has zero queries
-    (uniform maps, every value tied; a constant pool maps to 0), row 1 saturated maps (0 and 1)."""
-    q, k, v = inputs(4, rows=3, heads=1, length=45, spreads=(0.0, 40.0, 1.0))
-    for transform in (Softmask(0.65, 5.0, 1.55, groups=3), Softmask(0.5, 5.0, 1.55, invert_first=False)):
-        expected = reference(q, k, v, transform)
-        assert_matches(face_attention(q, k, v, transform, block_l=BLOCK, stats_block=16), expected)
-        assert_matches(face_attention(q, k, v, transform, block_l=64), expected)  # one block, one chunk
+@pytest.mark.parametrize("ways, stats_block", [(4, 16), (4, None), (16, None), (2, None)])
+def test_quantile_search_with_ties(ways, stats_block):
+    """The quantile's k-way search (16-way up to 1K queries, 4-way beyond, 2-way for the record), with
+    the row in registers (stats_block None) or streamed in chunks (L longer than the statistics block,
+    as for L > 4096 on a GPU), on ties: row 0 has zero queries (uniform maps, every value tied: a
+    constant pool maps to 0), row 1 saturated maps (many exact 0s and 1s)."""
+    q, k, v = inputs(4, rows=3, heads=1, length=LENGTH, spreads=(0.0, 40.0, 1.0))
+    transform = Softmask(0.65, 5.0, 1.55, groups=3)
+    got = face_attention(q, k, v, transform, block_l=BLOCK, stats_block=stats_block, search_ways=ways)
+    assert_matches(got, reference(q, k, v, transform))
 
 
 def test_bfloat16_and_strided_inputs():
     """bf16 in, and q / v as non-contiguous views (the hosts' (B, L, H, d) → (B, H, L, d) transposes)."""
-    q, k, v = inputs(5, dtype=torch.bfloat16, d=64)
+    q, k, v = inputs(5, rows=2, heads=2, dtype=torch.bfloat16, d=64)
     q_view = q.transpose(1, 2).contiguous().transpose(1, 2)
     v_view = v.transpose(1, 2).contiguous().transpose(1, 2)
     assert not q_view.is_contiguous()
@@ -147,13 +153,28 @@ def test_bfloat16_and_strided_inputs():
         torch.testing.assert_close(got.float(), reference(q, k, v, transform).float(), rtol=8e-3, atol=2e-3)
 
 
-@settings(max_examples=6, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.floats(0, 1), st.floats(-20, 50), st.floats(-2, 5), st.floats(0.5, 20),
+# |d| ≥ 0.5 (the schedule uses 5 to 7.5) or exactly 0: for 0 < |d| ≪ 1 every sigmoid is 0.5 + O(d) and
+# the second min-max norm divides rounding noise by a span of O(d), so any two implementations differ.
+D_VALUES = st.one_of(st.just(0.0), st.floats(0.5, 50), st.floats(-50, -0.5))
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0, 1), D_VALUES, st.floats(-2, 5), st.floats(0.5, 20),
        st.booleans(), st.sampled_from([0.0, 0.6, 1.0]), st.sampled_from([None, 1, 2]))
 def test_softmask_any_parameters(seed, quantile, d, s, clamp, invert, adain, groups):
     """The extremes of the mask are taken at min_L and max_L of the map for any sign of d and s."""
     transform = Softmask(quantile, d, s, invert, clamp, adain, groups)
-    q, k, v = inputs(seed, rows=2, heads=1, length=9, tokens=4, d=16)
+    q, k, v = inputs(seed, rows=2, heads=1, length=9, tokens=4, d=16, spreads=(3.0, 0.5))
+    assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0, 5), st.floats(0, 5), st.floats(0.5, 20),
+       st.sampled_from([None, 0.0, 0.7]), st.sampled_from([1, 4, 16]))
+def test_scale_power_any_parameters(seed, s, p, clamp, adain, tokens):
+    """Including p = 0 (0⁰ = 1 as in torch), s = 0, T = 1 and an output AdaIN on a scale-power."""
+    transform = ScalePower(s, p, clamp, output_adain=adain)
+    q, k, v = inputs(seed, rows=2, heads=1, length=9, tokens=tokens, d=16, spreads=(3.0, 30.0))
     assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
 
 

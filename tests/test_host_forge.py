@@ -5,11 +5,13 @@ DCG branches one by one and combines them with `dcg_x0`; the face attention with
 softmax + transform; pass-through cases bit for bit with Forge's own patch.
 """
 import copy
+import traceback
 import sys
 import types
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastface.attention import ip_attention, transform_for
 from fastface.guidance import dcg_x0
@@ -23,7 +25,8 @@ import forge_standins as fs
 STYLISTIC = PRESETS["Stylistic"]            # DCG, no attention transform
 REALISTIC = PRESETS["Realistic"]            # DCG + scale-power
 PORTRAIT = PRESETS["Realistic portrait"]    # DCG + softmask
-SIGMAS = {1: [3.0, 0.0], 2: [3.0, 1.0, 0.0], 4: [3.0, 1.5, 0.7, 0.3, 0.0]}
+SIGMAS = {1: [3.0, 0.0], 2: [3.0, 1.0, 0.0], 4: [3.0, 1.5, 0.7, 0.3, 0.0],
+          8: [3.0, 2.2, 1.5, 1.0, 0.7, 0.45, 0.3, 0.15, 0.0]}
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ class Run:
     """One txt2img job: after-LoRA patcher → ControlNet IP-Adapter clone → FastFace → sampler."""
 
     def __init__(self, args, *, face=True, cfg=1.0, negative="ugly", batch=1, steps=4, second_order=False,
-                 prior=None, fastface=True, adapter=None, post_cfg=None):
+                 prior=None, fastface=True, adapter=None, post_cfg=None, control=None, wrapper=None):
         self.model = fs.KModel(fs.ToyUNet())
         base = fs.UnetPatcher(self.model)
         self.p = fs.Processing(base, ["a face"] * batch, [negative] * batch, cfg_scale=cfg, steps=steps)
@@ -58,6 +61,7 @@ class Run:
         self.cfg, self.steps, self.batch = cfg, steps, batch
         self.args = args
         self.prior, self.post_cfg = prior, post_cfg
+        self.control, self.wrapper = control, wrapper
         self.job = Job(args=args, host="Forge", patches=PatchSet("test job")) if fastface else None
         self.p.fastface_job = self.job
         self.sampler = fs.Sampler(self.p, [forge.on_cfg_denoiser], second_order=second_order)
@@ -72,6 +76,10 @@ class Run:
             objects.unet.set_model_sampler_cfg_function(self.prior)
         if self.post_cfg is not None:
             objects.unet.set_model_sampler_post_cfg_function(self.post_cfg)
+        if self.control is not None:
+            objects.unet.controlnet_linked_list = self.control
+        if self.wrapper is not None:
+            objects.unet.model_options["model_function_wrapper"] = self.wrapper
         self.controlnet_unet = objects.unet
         return objects.unet
 
@@ -132,16 +140,20 @@ def test_dcg_trajectory_equals_dcg_x0_of_the_three_branches(forge_env, cfg, batc
     assert not torch.allclose(stock, expected, atol=1e-3)
 
 
-def test_id_only_branch_has_the_negative_text_in_the_cond_slot(forge_env):
+def test_id_only_rows_are_the_negative_text_labelled_cond_in_one_call_per_step(forge_env):
     run = Run(STYLISTIC, negative="blurry").start()
     run.sample()
     run.end()
-    negative = fs.encode_text("blurry")[None]
-    positive = fs.encode_text("a face")[None]
-    id_calls = [c for c in run.model.calls if c["labels"] == [0] and torch.equal(c["context"], negative)]
-    # every step reads the id-only branch (the rescale is on by default): one id-only call per step
-    assert len(id_calls) == 4
-    assert not any(c["labels"] == [1] and torch.equal(c["context"], positive) for c in run.model.calls)
+    negative = fs.encode_text("blurry")
+    positive = fs.encode_text("a face")
+    # every step reads the id-only branch (the rescale is on by default), in the step's only call:
+    # inside the UNet its rows carry the negative text labelled COND, so the IP-Adapter gives them the face
+    assert len(run.model.calls) == 4
+    for call in run.model.calls:
+        by_label = lambda label: [call["context"][i] for i, l in enumerate(call["labels"]) if l == label]  # noqa: E731
+        assert any(torch.equal(row, negative) for row in by_label(0))
+        assert any(torch.equal(row, positive) for row in by_label(0))
+        assert not any(torch.equal(row, positive) for row in by_label(1))
 
 
 def test_cfg1_uncond_is_a_real_negative_prediction(forge_env):
@@ -389,6 +401,7 @@ def test_existing_cfg_function_is_chained(forge_env):
 
 def test_error_in_the_id_branch_falls_back_to_stock_without_raising(forge_env):
     run = Run(STYLISTIC).start()
+    run.job.current_pass.batched = False        # the separate id-only call (see the wrapper's test below)
     run.job.current_pass.calc = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
     got = run.sample()
     stock = Run(STYLISTIC, fastface=False).sample()
@@ -454,3 +467,270 @@ def test_disabled_dcg_leaves_the_cfg_slot_alone(forge_env):
     run.end()
     assert run.job.failed is None and sum(run.job.am_calls.values()) > 0
     assert forge_env.parser.encoded == []       # no negative encoding without DCG
+
+
+# -- one UNet call per step: the id-only rows ride in Forge's own batch ------------------------------
+def _compiled(run, context):
+    """What `sampling_function` hands `calc_cond_uncond_batch` (L332-357): one entry, with the
+    patcher's ControlNet attached."""
+    entries = fs.compile_conditions(context)
+    if run.control is not None:
+        for entry in entries:
+            entry["control"] = run.control
+    return entries
+
+
+def _reference_setup(run, args):
+    st = run.job.current_pass
+    assert isinstance(st, forge.ForgePass), "call the reference before run.end()"
+    transformer_options = run.p.sd_model.forge_objects.unet.model_options["transformer_options"]
+    negative = torch.stack([fs.encode_text(t) for t in run.p.negative_prompts])
+    return st, transformer_options, negative, fs.KModel(run.model.diffusion_model), torch.tensor(SIGMAS[run.steps])
+
+
+def reference_calls(run, args, uncond_kept=False):
+    """The Forge host before batching: per step three separate `calc_cond_uncond_batch` calls —
+    uncond (negative text in the uncond slot), id-only (negative text in the cond slot), full
+    (prompt in the cond slot) — through FastFace's attn2 wrappers at that step (AM) but without its
+    UNet wrapper, combined with `dcg_x0` (which gets the full branch in the uncond's place on
+    steps with α = 1, as the host always did: its weight 1 − α is 0; `uncond_kept`: the real one,
+    as when a post-cfg function reads the uncond)."""
+    st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
+    options = {"transformer_options": transformer_options}
+    x = initial_x(run.batch)
+    steps = len(sigmas) - 1
+    with torch.no_grad():
+        for i in range(steps):
+            st.step, st.total = i, steps
+            s = sigmas[i] * torch.ones(run.batch)
+            uncond = fs.calc_cond_uncond_batch(km, [], _compiled(run, negative), x, s, options)[1]
+            id_only = fs.calc_cond_uncond_batch(km, _compiled(run, negative), None, x, s, options)[0]
+            full = fs.calc_cond_uncond_batch(km, _compiled(run, run.p.c), None, x, s, options)[0]
+            if not (uncond_kept or branches_needed(i, steps, args).uncond):
+                uncond = full
+            a, b = alpha_beta(i, steps, args)
+            den = dcg_x0(x, s, uncond, id_only, full, a, b, rescale_phi(i, steps, args))
+            x = x + (x - den) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def reference_one_call(run, args):
+    """The branches a step needs as chunks of ONE UNet call built by hand (uncond labelled UNCOND,
+    full and id-only labelled COND): the softmask's min-max then pools the branches of one image,
+    as on A1111 and in the authors' code (fastface_reference.md, "Joint min-max")."""
+    st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
+    x = initial_x(run.batch)
+    steps = len(sigmas) - 1
+    with torch.no_grad():
+        for i in range(steps):
+            st.step, st.total = i, steps
+            s = sigmas[i] * torch.ones(run.batch)
+            need = branches_needed(i, steps, args)
+            chunks = ([("uncond", negative, 1)] if need.uncond else []) + [("full", run.p.c, 0)] \
+                + ([("id", negative, 0)] if need.id_only else [])
+            labels = [label for _, _, label in chunks]
+            options = dict(transformer_options, cond_or_uncond=labels, sigmas=s)
+            out = km.apply_model(torch.cat([x] * len(chunks)), torch.cat([s] * len(chunks)),
+                                 c_crossattn=torch.cat([c for _, c, _ in chunks]), transformer_options=options)
+            pred = dict(zip([name for name, _, _ in chunks], out.chunk(len(chunks))))
+            full = pred["full"]
+            a, b = alpha_beta(i, steps, args)
+            den = dcg_x0(x, s, pred.get("uncond", full), pred.get("id", full), full, a, b, rescale_phi(i, steps, args))
+            x = x + (x - den) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_one_unet_call_per_step_for_every_preset(forge_env, preset, steps, cfg):
+    args, batch = PRESETS[preset], 2
+    run = Run(args, steps=steps, cfg=cfg, batch=batch).start()
+    run.sample()
+    run.end()
+    assert run.job.failed is None
+    for k in range(steps):
+        assert run.job.calls[(0, k)] == forge.unet_calls_per_evaluation(k, steps, args) == 1, (k, dict(run.job.calls))
+        per_image = branches_needed(k, steps, args).rows_per_image if args.dcg else (1 if cfg == 1.0 else 2)
+        assert run.job.rows[(0, k)] == batch * per_image, (k, dict(run.job.rows))
+    assert len(run.model.calls) == steps
+    assert '"calls":{' in run.job.trace_json()
+
+
+@pytest.mark.parametrize("preset", ["Stylistic", "Realistic"])
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("cfg, batch", [(1.0, 1), (2.5, 2)])
+def test_batched_dcg_equals_three_separate_calls(forge_env, preset, steps, cfg, batch):
+    args = PRESETS[preset]
+    run = Run(args, steps=steps, cfg=cfg, batch=batch).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, args)
+    run.end()
+    assert run.job.failed is None and not run.job.notes
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert len(run.model.calls) == steps
+
+
+@pytest.mark.parametrize("cfg, batch", [(1.0, 1), (2.5, 2)])
+def test_softmask_pools_the_branches_of_one_image_in_the_one_call(forge_env, cfg, batch):
+    run = Run(PORTRAIT, cfg=cfg, batch=batch).start()
+    got = run.sample()
+    expected = reference_one_call(run, PORTRAIT)
+    run.end()
+    assert run.job.failed is None
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert len(run.model.calls) == 4
+
+
+def test_three_rows_in_one_call_when_a_post_cfg_function_reads_the_uncond(forge_env):
+    post_unconds = []
+
+    def post_cfg(args):
+        post_unconds.append(args["uncond_denoised"])
+        return args["denoised"]
+
+    run = Run(REALISTIC, cfg=2.5, batch=2, post_cfg=post_cfg).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC, uncond_kept=True)
+    # the post-cfg function saw the real negative prediction of step 0, not the id-only rows
+    run.job.current_pass.step = 0
+    negative = fs.compile_conditions(torch.stack([fs.encode_text("ugly")] * 2))
+    options = {"transformer_options": run.p.sd_model.forge_objects.unet.model_options["transformer_options"]}
+    with torch.no_grad():
+        first = fs.calc_cond_uncond_batch(fs.KModel(run.model.diffusion_model), [], negative, initial_x(2),
+                                          torch.full((2,), 3.0), options)[1]
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(post_unconds[0], first, atol=1e-5)
+    for k in range(4):   # the uncond kept for the post-cfg function, the id-only rows appended
+        assert calls[(0, k)] == 1
+    assert [c["rows"] for c in run.model.calls] == [2 * 3] * 4
+    assert [c["labels"] for c in run.model.calls] == [[1, 0, 0]] * 4
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["balanced", "cond-uncond weighting"])
+def test_controlnet_signal_of_the_id_rows(forge_env, weighted):
+    control = fs.ControlNet(positive_weight=1.0, negative_weight=0.2) if weighted else fs.ControlNet()
+    run = Run(REALISTIC, cfg=2.5, batch=2, control=control).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC)
+    run.end()
+    assert run.job.failed is None
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    without = Run(REALISTIC, cfg=2.5, batch=2).start().sample()
+    assert not torch.allclose(got, without, atol=1e-3)        # the ControlNet signal matters here
+    for k in range(4):
+        documented = forge.unet_calls_per_evaluation(k, 4, REALISTIC, batched=not weighted)
+        assert calls[(0, k)] == documented == (2 if weighted else 1)
+    assert any("ControlNet" in n for n in run.job.notes) == weighted
+
+
+def test_another_model_function_wrapper_is_chained(forge_env):
+    seen = []
+
+    def tiled(apply_model, args):   # e.g. MultiDiffusion: sees the call FastFace makes
+        seen.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    run = Run(REALISTIC, cfg=2.5, wrapper=tiled).start()
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC)
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    # 4 steps: unboosted steps relabel [uncond, cond] as cond; boosted steps append a cond chunk
+    assert seen[:4] == [[0, 0], [1, 0, 0], [1, 0, 0], [0, 0]]
+
+
+def test_forge_splitting_the_batch_keeps_the_id_rows_with_the_negative_chunk(forge_env):
+    run = Run(REALISTIC, cfg=2.5, batch=2).start()
+    run.p.sd_model.forge_objects.unet.model_options["max_chunks"] = 1   # the stand-in's memory check
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, REALISTIC)
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert all(calls[(0, k)] == 2 for k in range(4))   # Forge's own two calls, none more
+
+
+def test_id_rows_take_their_own_call_when_the_wrapper_is_bypassed(forge_env):
+    run = Run(STYLISTIC).start()
+    run.p.sd_model.forge_objects.unet.model_options["model_function_wrapper"] = \
+        lambda apply_model, args: apply_model(args["input"], args["timestep"], **args["c"])
+    got = run.sample()
+    calls = dict(run.job.calls)              # before the reference adds its own calls
+    expected = reference_calls(run, STYLISTIC)
+    run.end()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    assert any("could not join" in n for n in run.job.notes)
+    assert all(calls[(0, k)] == 2 for k in range(4))
+
+
+def test_error_in_the_unet_wrapper_falls_back_to_stock(forge_env, monkeypatch):
+    boom = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))  # noqa: E731
+    monkeypatch.setattr(forge, "_relabelled", boom)
+    monkeypatch.setattr(forge, "_with_id_rows", boom)
+    run = Run(STYLISTIC).start()
+    got = run.sample()
+    stock = Run(STYLISTIC, fastface=False).sample()
+    assert run.job.failed and "UNet wrapper" in run.job.failed
+    assert torch.allclose(got, stock, atol=1e-5)
+    assert run.p.sd_model.forge_objects.unet is run.controlnet_unet
+
+
+# -- no host-device sync in FastFace's Forge code ---------------------------------------------------
+class HostReads(TorchDispatchMode):
+    """Records every read of a tensor value by the host (`.item()`, `float()`, `int()`, `bool()`,
+    `.tolist()` all dispatch `aten._local_scalar_dense`; on a GPU each is a device sync) together
+    with the innermost frame of FastFace or of the Forge stand-ins that made it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ours, self.forge = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            for frame in reversed(traceback.extract_stack()[:-1]):   # without this method's frame
+                path = frame.filename.replace("\\", "/")
+                if "/fastface/" in path:
+                    self.ours.append(f"{path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}:{frame.lineno} {frame.line}")
+                    break
+                if path.endswith("forge_standins.py"):
+                    self.forge.append(f"{path.rsplit('/', 1)[-1]}:{frame.lineno}")
+                    break
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("preset", ["Stylistic", "Realistic", "Realistic portrait", "Softmask only"])
+@pytest.mark.parametrize("cfg, window", [(1.0, "full"), (2.5, "full"), (2.5, "partial")])
+def test_no_host_read_of_a_tensor_in_fastface_while_sampling(forge_env, preset, cfg, window):
+    args = PRESETS[preset]
+    run = Run(args, cfg=cfg, batch=2)
+    if window == "partial":   # a FaceID unit from 10 % to 90 %: σ window (2.5, 0.2)
+        for patch in run.controlnet_unet.model_options["transformer_options"]["patches_replace"]["attn2"].values():
+            patch.sigma_start[0], patch.sigma_end[0] = 2.5, 0.2
+    run.start()
+    reads = HostReads()
+    with reads:
+        run.sample()
+    run.end()
+    assert run.job.failed is None
+    assert reads.ours == [], reads.ours
+    assert reads.forge, "the detector saw none of Forge's own reads (the sampler's, the IP-Adapter's)"
+
+
+def test_partial_window_applies_the_transform_inside_and_nothing_outside(forge_env):   # forge_env: cleanup
+    q, k, v, options = _attention_inputs()
+    patch = _patch(fs.Adapter(faceid=True))
+    patch.sigma_start[0], patch.sigma_end[0] = 2.0, 0.5           # σ = 1.0 is inside
+    job = _job(REALISTIC)
+    got = forge.FaceAttn2Patch(patch, job)(q, k, v, options)
+    transform = transform_for(REALISTIC, "down", 1, 4, groups=2)
+    expected = fs.attention(q, k, v, 2) + _explicit(patch, 0, q, k, v, options, transform)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, patch(q, k, v, options), atol=1e-4)
+    outside = dict(options, sigmas=torch.tensor([3.0, 3.0]))      # same layer, σ above the start
+    assert torch.equal(forge.FaceAttn2Patch(patch, job)(q, k, v, outside), patch(q, k, v, outside))

@@ -134,3 +134,17 @@ def test_read_pasted_for_the_api_path_parses_the_raw_key():
     params = {INFOTEXT_KEY: to_infotext(args)}
     assert {n: read_pasted(params, n) for n in FIELD_NAMES} == ui_values(args)
     assert read_pasted({}, "enabled") is False
+
+
+def test_readout_is_written_only_when_off_and_survives_paste():
+    from fastface.presets import apply_preset
+
+    on = PRESETS["Realistic"]
+    assert on.readout and "readout" not in to_infotext(on)  # default on: pruned like a preset value
+    off = on.replace(readout=False)
+    text = to_infotext(off)
+    assert text == "preset=Realistic, readout=false"
+    assert from_infotext(text) == off
+    assert apply_preset(off, "Off").readout is False  # a preset never turns the readout back on
+    # an infotext from before the readout existed pastes with the default (on)
+    assert from_infotext("preset=Off").readout is True

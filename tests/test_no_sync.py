@@ -96,3 +96,17 @@ def test_transform_cache_builds_each_transform_once():
     assert cache.get("down", 1, 4, 2) is first
     assert cache.get("down", 0, 4, 2) is not first and cache.get("down", 0, 4, 2).d == 7.5
     assert cache.get("mid", 1, 4, 2) is None
+
+
+@pytest.mark.parametrize("length", [24, 300])
+def test_both_output_adain_forms_equal_the_reference(length):
+    """Small maps take the stacked product, large ones the value-statistics form: both equal
+    adain_blend(A'·V, A·V) over d."""
+    q, k, v = qkv(4, rows=2, length=length, d=16)
+    t = Softmask(0.65, 5.0, 1.55, adain=0.6)
+    probs = torch.matmul(q, k.transpose(-1, -2)).mul(16 ** -0.5).softmax(-1)
+    mapped = t(probs)
+    expected = adain_blend(mapped @ v, probs @ v, 0.6, dim=-1)
+    torch.testing.assert_close(ip_attention(q, k, v, t), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fullgraph(lambda q, k, v: ip_attention(q, k, v, t))(q, k, v), expected,
+                               rtol=1e-5, atol=1e-5)

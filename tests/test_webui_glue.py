@@ -90,8 +90,8 @@ def test_preset_pick_fills_the_method_controls(fake_gradio):
     assert "change" not in comps["preset"].handlers  # pasting must not re-fill from the preset
     updates = fn("Realistic portrait")
     values = ui_values(PRESETS["Realistic portrait"])
-    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset") + VIEW_FIELDS]
-    assert outputs == [comps[n] for n in names]
+    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset", "readout") + VIEW_FIELDS]
+    assert outputs == [comps[n] for n in names]  # picking a preset keeps the readout and view choices
     assert [u["value"] for u in updates] == [values[n] for n in names]
 
 

@@ -310,7 +310,7 @@ def _install_row_counter(job: Job, p, patches: PatchSet) -> None:
     def count(_module, inputs):
         st = job.current_pass
         if st is not None and inputs and hasattr(inputs[0], "shape"):
-            job.rows[(st.index, st.step)] += int(inputs[0].shape[0])
+            job.count_unet_call(st.index, st.step, int(inputs[0].shape[0]))   # shape: Python ints
 
     patches.on_undo(unet.register_forward_pre_hook(count).remove)
 

@@ -133,8 +133,9 @@ class Job:
     notes: list[str] = field(default_factory=list)
     failed: Optional[str] = None      # set by `fail`: FastFace is off for the rest of the job
     patches: Optional[PatchSet] = None
-    # trace: rows per (pass, step) and face-attention transforms per (pass, step, part)
+    # trace: UNet rows and UNet calls per (pass, step), face-attention transforms per (pass, step, part)
     rows: dict = field(default_factory=lambda: defaultdict(int))
+    calls: dict = field(default_factory=lambda: defaultdict(int))
     am_calls: Counter = field(default_factory=Counter)
     passes: int = 0
     # host scratch for the running pass (set and cleared by the host adapter)
@@ -183,10 +184,16 @@ class Job:
             params[TRACE_KEY] = self.trace_json()
         return params
 
+    def count_unet_call(self, pas: int, step: int, rows: int) -> None:
+        """One UNet forward of `rows` rows in sampler step `step` of pass `pas` (trace)."""
+        self.rows[(pas, step)] += rows
+        self.calls[(pas, step)] += 1
+
     def trace_json(self) -> str:
         rows = {f"{pas}/{step}": n for (pas, step), n in sorted(self.rows.items())}
+        calls = {f"{pas}/{step}": n for (pas, step), n in sorted(self.calls.items())}
         am = {f"{pas}/{step}/{part}": n for (pas, step, part), n in sorted(self.am_calls.items())}
-        return json.dumps({"rows": rows, "am": am}, separators=(",", ":"))
+        return json.dumps({"rows": rows, "calls": calls, "am": am}, separators=(",", ":"))
 
 
 def guarded(where: str, fallback: Callable[..., Any] | None = None):

@@ -16,6 +16,7 @@ from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_paste
 from ..presets import PRESETS, apply_preset
 from . import preview
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
+from . import readout
 
 TITLE = "FastFace"
 XYZ_PREFIX = "[FastFace] "
@@ -108,6 +109,7 @@ def build_ui(script, is_img2img: bool) -> list:
                             comps[name] = _component(gr, name, elem_id, shown.get(name, True))
         with gr.Row():
             comps["hires"] = _component(gr, "hires", elem_id)
+            comps["readout"] = _component(gr, "readout", elem_id)
             comps["show_attention"] = _component(gr, "show_attention", elem_id)
     assert set(comps) == set(FIELD_NAMES), set(FIELD_NAMES) ^ set(comps)
 
@@ -191,6 +193,7 @@ def process(p, *script_args) -> None:
     # build the infotext (a None result drops the key)
     p.extra_generation_params[NOTE_KEY] = lambda **_: job.infotext_params().get(NOTE_KEY)
     p.extra_generation_params[TRACE_KEY] = lambda **_: job.infotext_params().get(TRACE_KEY)
+    readout.begin(job, p)
 
 
 def before_sampling(p, *script_args, **kwargs) -> None:
@@ -206,12 +209,19 @@ def before_sampling(p, *script_args, **kwargs) -> None:
     preview.start_pass(job, p)   # never raises: a preview problem only stops the recording
 
 
+def postprocess_image(p, pp, *args) -> None:
+    """Script.postprocess_image: the likeness readout of this image (reads the image, never changes it)."""
+    if getattr(p, "fastface_job", None) is not None:
+        readout.on_image(p, getattr(pp, "image", None))
+
+
 def postprocess(p, *args) -> None:
     """Script.postprocess: undo every patch of the job."""
     job = getattr(p, "fastface_job", None)
     if job is None:
         return
     host_for(p).end_job(job, p)
+    readout.finish(p)
     preview.finish(job, p, args[0] if args else None)   # "Show face attention" extra images
     # The infotext has been written with the callables; the API's `info` JSON serialises this dict
     # later and would show null for them, so store the final values.
@@ -274,6 +284,10 @@ def register_callbacks() -> None:
         log.warning("XYZ axes not added: %s", exc)
     script_callbacks.on_before_ui(add_xyz_axes)
     script_callbacks.on_script_unloaded(PatchSet.undo_all)
+    try:
+        readout.register_setting(script_callbacks)
+    except Exception as exc:  # pragma: no cover - defensive
+        log.warning("likeness readout setting not added: %s", exc)
     try:
         from . import a1111
         script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser)

@@ -15,8 +15,12 @@ fine; see README "Development".
     FASTFACE_FACEID_MODEL     the default unit's model (default ip-adapter-faceid_sd15)
     FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × every sampler (slow on
                               CPU); default: a cross-section (every preset × steps, samplers cycled)
-    FASTFACE_HOST             "a1111" (default) or "forge": Forge's samplers, its cfg-1 shortcut
-                              (without DCG it evaluates the prompt row alone) and its hires payload
+    FASTFACE_HOST             "a1111" (default), "forge" (Forge 2) or "forge-classic" (first-generation
+                              Forge on ldm_patched): Forge's samplers, its cfg-1 shortcut (without DCG
+                              it evaluates the prompt row alone) and its hires payload
+
+When the trace carries UNet calls per step ("calls"), they are checked against the documented
+numbers (README, "UNet calls per step"): one call per model evaluation on both hosts, every preset.
 """
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ def _needs_extension(request):
         pytest.skip("this server has no FastFace (baseline run)")
 
 HOST = os.environ.get("FASTFACE_HOST", "a1111").lower()
-SAMPLERS = (["Euler", "Euler a", "DPM++ 2M", "LCM"] if HOST == "forge"
+FORGE = HOST in ("forge", "forge-classic")
+SAMPLERS = (["Euler", "Euler a", "DPM++ 2M", "LCM"] if FORGE
             else ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "LCM"])
 STEPS = [1, 2, 4, 8]
 
@@ -123,6 +128,16 @@ def trace(resp):
     return json.loads(raw)
 
 
+def check_calls(resp, evaluations):
+    """UNet calls per step = the documented number per model evaluation (fastface.hosts.forge.
+    unet_calls_per_evaluation on Forge: one, the id-only rows ride in Forge's own call; A1111: one
+    batched call) × the evaluations of each step. Skipped for a trace without calls (older build)."""
+    calls = trace(resp).get("calls")
+    if calls is None:
+        return
+    assert calls == evaluations, (calls, evaluations)   # one call per evaluation
+
+
 def test_script_is_registered():
     scripts = get(URL, "/sdapi/v1/scripts")
     assert "fastface" in [s.lower() for s in scripts["txt2img"]] and "fastface" in [s.lower() for s in scripts["img2img"]]
@@ -146,7 +161,7 @@ def test_generation_and_rows_per_step(preset, steps, sampler):
         steps -= 1
     expected = [branches_needed(k, steps, args).rows_per_image for k in range(steps)]
     if not args.dcg:  # the WebUI's own cond + uncond; Forge skips the uncond at CFG 1
-        expected = [1 if HOST == "forge" else 2] * steps
+        expected = [1 if FORGE else 2] * steps
     if steps == 0:
         assert rows == {}
         return
@@ -154,8 +169,11 @@ def test_generation_and_rows_per_step(preset, steps, sampler):
         got = [rows.get(f"0/{k}", 0) for k in range(steps)]
         calls = [2] * (steps - 1) + [1]
         assert got == [e * c for e, c in zip(expected, calls)] or got == [e * 2 for e in expected], (rows, expected)
+        evaluations = {f"0/{k}": (got[k] // expected[k]) for k in range(steps)}
     else:
         assert [rows[f"0/{k}"] for k in range(steps)] == expected, (rows, expected)
+        evaluations = {f"0/{k}": 1 for k in range(steps)}
+    check_calls(resp, evaluations)
 
 
 def test_attention_transform_reaches_down_and_up_not_mid():
@@ -167,13 +185,14 @@ def test_attention_transform_reaches_down_and_up_not_mid():
 
 
 def test_hires_fix_and_batch_two():
-    extra = {"hr_additional_modules": ["Use same choices"]} if HOST == "forge" else {}
+    extra = {"hr_additional_modules": ["Use same choices"]} if HOST == "forge" else {}   # Forge 2 only
     resp = txt2img({"enabled": True, "preset": "Realistic"}, batch_size=2, enable_hr=True, hr_scale=1.5,
                    hr_second_pass_steps=2, denoising_strength=0.5, hr_upscaler="Latent", **extra)
     assert len(resp["images"]) >= 2  # Forge's IP-Adapter unit also returns its detection map
     rows = trace(resp)["rows"]
     assert [rows["0/0"], rows["0/1"], rows["0/2"], rows["0/3"]] == [4, 6, 6, 4]
     assert [rows["1/0"], rows["1/1"]] == [4, 4]  # hires pass: 2 steps, none boosted
+    check_calls(resp, {key: 1 for key in ("0/0", "0/1", "0/2", "0/3", "1/0", "1/1")})
 
 
 def test_invalid_value_switches_fastface_off_and_says_why():
@@ -185,8 +204,8 @@ def test_invalid_value_switches_fastface_off_and_says_why():
 
 
 def test_api_infotext_field_restores_fastface():
-    if HOST == "forge":  # checked against a Forge without the extension: the same request fails
-        pytest.skip("Forge 2.0.1's API apply_infotext answers HTTP 500 to any `infotext` "
+    if HOST == "forge":  # Forge 2 only (checked without the extension: the same request fails);
+        pytest.skip(     # Forge Classic's and A1111's `infotext` field works"Forge 2.0.1's API apply_infotext answers HTTP 500 to any `infotext` "
                     "(isinstance() with a parameterized generic in api.py get_field_value)")
     made = txt2img({"enabled": True, "preset": "Stylistic", "alpha_peak": 2.0})
     line = infotext(made).splitlines()[-1]
