@@ -237,7 +237,9 @@ def _forge_recorder(job: Job, adapter, rows: int, extra_options, transform=None)
     if rec is None or st is None or rec.in_id_branch or not job.active:
         return None
     part = unet_part(extra_options.get("block"))
-    chunks = list(extra_options.get("cond_or_uncond") or [])
+    # FastFace's DCG may carry the id-only rows in Forge's own call, labelled COND for the
+    # IP-Adapter; `fastface_chunks` (forge.CHUNKS_KEY) then says which chunk really is which
+    chunks = list(extra_options.get("fastface_chunks") or extra_options.get("cond_or_uncond") or [])
     shape = extra_options.get("original_shape")
     if part is None or 0 not in chunks or not shape or len(shape) < 4:
         return None
@@ -278,7 +280,7 @@ def _forge_record_untransformed(patch, q: torch.Tensor, extra_options) -> None:
                                    <= float(_at(getattr(inner, "sigma_start", None), i, float("inf")))):
         return   # outside the unit's start/end: Forge does not apply the face at all
     rows, tokens, width = q.shape
-    chunks = list(extra_options.get("cond_or_uncond") or [])
+    chunks = list(extra_options.get("cond_or_uncond") or [])   # what the IP-Adapter sees (its k per chunk)
     recorder = _forge_recorder(job, adapters[i], rows, extra_options, None)
     if recorder is None:
         return
