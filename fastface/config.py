@@ -36,9 +36,12 @@ MAX_LIST_LEN = 150
 
 
 def _field(default, key: str, label: str, tip: str, *, lo=None, hi=None, step=None,
-           choices: Sequence[str] | None = None, group: str = "general", advanced: bool = False):
+           choices: Sequence[str] | None = None, group: str = "general", advanced: bool = False,
+           infotext: bool = True):
+    """`infotext=False`: a view option (what is shown), not a generation parameter: it is never
+    written to the infotext, never read from it, and presets do not change it."""
     meta = dict(key=key, label=label, tip=tip, lo=lo, hi=hi, step=step, choices=choices,
-                group=group, advanced=advanced)
+                group=group, advanced=advanced, infotext=infotext)
     if isinstance(default, tuple):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,8 +88,9 @@ class FastFaceArgs:
         lo=0.0, hi=20.0, group="dcg", advanced=True)
     phi: float = _field(
         0.75, "phi", "Rescale φ",
-        "Std rescale strength after the combination (0 = off). The authors use 0.75; the paper "
-        "gives no value.", lo=0.0, hi=1.0, step=0.05, group="dcg")
+        "After combining the branches, pull the result's contrast (standard deviation) back "
+        "towards that of the prompt branch: 0 = off, 1 = fully. Stops boosted steps from "
+        "over-saturating. The authors use 0.75; the paper gives no value.", lo=0.0, hi=1.0, step=0.05, group="dcg")
     rescale_steps: str = _field(
         "all", "rescale", "Rescale on",
         "all: rescale every step, as the authors' code does (not an exact no-op on unboosted "
@@ -111,17 +115,18 @@ class FastFaceArgs:
         "Scale-power s in the up (output) blocks. Code 1.45; the paper's text says 1.55.",
         lo=0.0, hi=5.0, step=0.05, group="am")
     sp_p: float = _field(
-        1.3, "p", "Power p", "Scale-power exponent p (>1 sharpens the map).",
+        1.3, "p", "Power p", "Scale-power exponent: above 1 the face tokens' strongest spots get relatively stronger and weak ones fade (a sharper map).",
         lo=0.1, hi=5.0, step=0.05, group="am")
     sm_quantile: float = _field(
         0.65, "q", "Softmask quantile",
-        "Quantile of each token's map over the image; values above it go to 1, below to 0.",
+        "How much of the image each face token may keep: the part of its map above this "
+        "quantile is kept (0.65 keeps roughly the strongest 35%), the rest is faded out.",
         lo=0.0, hi=1.0, step=0.01, group="am")
     sm_d_first: float = _field(
-        7.5, "d0", "Sharpness d (first step)", "Sigmoid sharpness of the softmask on step 0.",
+        7.5, "d0", "Sharpness d (first step)", "How hard the softmask's edge is on the first step (higher = a sharper cut).",
         lo=0.0, hi=50.0, step=0.5, group="am", advanced=True)
     sm_d_later: float = _field(
-        5.0, "d", "Sharpness d (later steps)", "Sigmoid sharpness of the softmask after step 0.",
+        5.0, "d", "Sharpness d (later steps)", "How hard the softmask's edge is after the first step (higher = a sharper cut).",
         lo=0.0, hi=50.0, step=0.5, group="am")
     sm_s_first: float = _field(
         1.0, "s0", "Softmask scale (first step)", "Scale of the softmask on step 0.",
@@ -131,13 +136,19 @@ class FastFaceArgs:
         lo=0.0, hi=5.0, step=0.05, group="am", advanced=True)
     sm_adain: float = _field(
         0.7, "adain", "AdaIN weight w",
-        "Blend w·transformed + (1−w)·AdaIN(transformed; original statistics), on the map and on "
-        "the face-branch output. 1 = no AdaIN.", lo=0.0, hi=1.0, step=0.05, group="am",
+        "How much of the softmask's raw effect to keep. Below 1 the masked attention (and the "
+        "face branch's output) is pulled back towards the original's average level and spread, "
+        "so the mask moves the face attention without making it much louder or quieter. "
+        "1 = no pull-back.", lo=0.0, hi=1.0, step=0.05, group="am",
         advanced=True)
     sm_invert_first: bool = _field(
         True, "inv0", "Invert first token",
-        "FaceID-Plus-v2's token 0 attends to the background: invert it before the softmask and "
-        "undo after.", group="am", advanced=True)
+        "Softmask only. FaceID-Plus-v2's first face token looks at the background, not the "
+        "face. On: that token's map is flipped before the softmask and its mask flipped back "
+        "after, so the token keeps its background area instead of being cut down to its few "
+        "strongest spots like the face tokens. Off: it is masked like a face token. (With "
+        "FaceID, Plus v1 or Portrait the first token is an ordinary face token.)",
+        group="am", advanced=True)
     am_down: bool = _field(True, "down", "Down blocks", "Apply the transform in the down blocks.",
                            group="am", advanced=True)
     am_mid: bool = _field(False, "mid", "Mid block",
@@ -146,7 +157,7 @@ class FastFaceArgs:
     am_up: bool = _field(True, "up", "Up blocks", "Apply the transform in the up blocks.",
                          group="am", advanced=True)
     clamp_max: float = _field(
-        10.0, "clamp", "Clamp maximum", "Upper bound of transformed attention values.",
+        10.0, "clamp", "Clamp maximum", "No transformed face-attention value may exceed this (keeps a boosted map from blowing up).",
         lo=1.0, hi=100.0, step=0.5, group="am", advanced=True)
 
     # --- host behaviour ---------------------------------------------------------------------
@@ -160,6 +171,13 @@ class FastFaceArgs:
         "the infotext as 'FastFace ID' (cosine similarity of insightface buffalo_l embeddings, the "
         "paper's ID metric; 'no face' when none is found). Runs only with a FaceID unit and the "
         "buffalo_l models the host already has; otherwise a note says why. Never changes the image.")
+
+    # --- view options (not generation parameters: no infotext, no preset, no XYZ axis) ----------
+    show_attention: bool = _field(
+        False, "show_attention", "Show face attention",
+        "After the images, add one preview per image: where the face tokens look at each step, "
+        "per UNet part, before and after the attention transform. Does not change the images; "
+        "not saved with them.", infotext=False)
 
     # -- helpers --------------------------------------------------------------------------------
     def replace(self, **changes) -> "FastFaceArgs":
@@ -177,9 +195,11 @@ FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(FastFaceArgs)
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 FIELDS_BY_NAME: dict[str, dataclasses.Field] = {f.name: f for f in FIELDS}
 FIELDS_BY_KEY: dict[str, dataclasses.Field] = {f.metadata["key"]: f for f in FIELDS}
+# View options: shown in the UI and accepted by the API, never in the infotext or a preset.
+VIEW_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if not f.metadata["infotext"])
 # Fields that a preset sets: everything that describes the method, not the toggle or the name.
-# The readout only measures: a preset neither sets nor resets it.
-NON_METHOD_FIELDS = ("enabled", "preset", "readout")
+# The readout only measures and the view options only show: a preset neither sets nor resets them.
+NON_METHOD_FIELDS = ("enabled", "preset", "readout") + VIEW_FIELDS
 METHOD_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NON_METHOD_FIELDS)
 
 

@@ -18,7 +18,7 @@ import logging
 from typing import Any, Mapping, MutableMapping
 
 from .config import (FIELDS_BY_KEY, FIELDS_BY_NAME, FIELD_NAMES, LIST_SEPARATOR, METHOD_FIELDS,
-                     FastFaceArgs, Issue, field_kind, meta, validate)
+                     VIEW_FIELDS, FastFaceArgs, Issue, field_kind, meta, validate)
 from .presets import PRESETS
 
 log = logging.getLogger("fastface")
@@ -69,8 +69,8 @@ def parse_infotext(text: Any) -> tuple[FastFaceArgs, list[Issue]]:
         key, value = key.strip(), value.strip()
         if not sep or not key:
             issues.append(Issue(INFOTEXT_KEY, f"malformed entry {pair!r}", True))
-        elif key not in FIELDS_BY_KEY:
-            issues.append(Issue(key, "unknown infotext key", True))
+        elif key not in FIELDS_BY_KEY or not FIELDS_BY_KEY[key].metadata["infotext"]:
+            issues.append(Issue(key, "unknown infotext key", True))  # view options are never read
         else:
             raw[FIELDS_BY_KEY[key].name] = value
     if "preset" not in raw:
@@ -103,7 +103,7 @@ def expand_pasted_params(params: MutableMapping[str, Any]) -> None:
     Without a `FastFace` key the flat keys still get written with the toggle off, so pasting an
     image made without FastFace turns it off (the rest keep the default preset's values)."""
     args = from_infotext(params[INFOTEXT_KEY]) if INFOTEXT_KEY in params else FastFaceArgs()
-    params.update(ui_values(args, prefix_keys=True))
+    params.update({paste_key(n): v for n, v in ui_values(args).items() if n not in VIEW_FIELDS})
 
 
 def ui_values(args: FastFaceArgs, prefix_keys: bool = False) -> dict[str, Any]:

@@ -25,5 +25,6 @@ assert tuple(PRESETS) == PRESET_NAMES
 
 
 def apply_preset(args: FastFaceArgs, name: str) -> FastFaceArgs:
-    """`args` with every method field taken from preset `name`; the toggle and the readout are kept."""
-    return PRESETS[name].replace(enabled=args.enabled, readout=args.readout)
+    """`args` with every method field taken from preset `name`; the toggle and the view options
+    (the likeness readout, show_attention) are kept."""
+    return PRESETS[name].replace(enabled=args.enabled, readout=args.readout, show_attention=args.show_attention)

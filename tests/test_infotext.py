@@ -11,10 +11,10 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from fastface.config import FIELD_NAMES, FastFaceArgs
-from fastface.infotext import (INFOTEXT_KEY, expand_pasted_params, from_infotext, paste_key,
+from fastface.config import FIELD_NAMES, VIEW_FIELDS, FastFaceArgs
+from fastface.infotext import (INFOTEXT_KEY, expand_pasted_params, from_infotext, parse_infotext, paste_key,
                                read_pasted, to_infotext, ui_values)
-from fastface.presets import PRESETS
+from fastface.presets import PRESETS, apply_preset
 
 from strategies import valid_args
 
@@ -63,6 +63,8 @@ def test_changed_fields_only():
 @given(valid_args)
 def test_random_args_round_trip_through_the_webui(args):
     text = to_infotext(args)
+    assert "show_attention" not in text     # a view option, not a generation parameter
+    args = args.replace(show_attention=False)   # so it comes back as the default
     assert from_infotext(text) == args
     parsed = a1111_parse(a1111_infotext_line({INFOTEXT_KEY: text, "Denoising strength": 0.5}))
     assert parsed[INFOTEXT_KEY] == text
@@ -103,7 +105,22 @@ def test_expand_pasted_params_for_the_ui_paste_path():
     assert params[paste_key("preset")] == "Realistic portrait"
     assert params[paste_key("beta_peak")] == 4.0
     assert params[paste_key("alpha_custom")] == "1.0/1.5/1.5/1.0"
-    assert all(paste_key(n) in params for n in FIELD_NAMES)
+    assert all(paste_key(n) in params for n in FIELD_NAMES if n not in VIEW_FIELDS)
+    assert not any(paste_key(n) in params for n in VIEW_FIELDS)   # a paste leaves them alone
+
+
+def test_show_attention_is_never_written_nor_read_from_infotext():
+    for name in PRESETS:
+        args = PRESETS[name].replace(show_attention=True)
+        assert to_infotext(args) == f"preset={name}"
+        line = a1111_infotext_line({INFOTEXT_KEY: to_infotext(args)})
+        assert "show_attention" not in line and "Show face attention" not in line
+    # hand-written into an infotext, it is an unknown key (rejected, ignored)
+    assert from_infotext("preset=Realistic, show_attention=true").show_attention is False
+    args, issues = parse_infotext("preset=Realistic, show_attention=true")
+    assert any(i.field == "show_attention" and i.rejected for i in issues)
+    # presets keep it: it is not a method parameter
+    assert apply_preset(FastFaceArgs(show_attention=True), "Stylistic").show_attention is True
 
 
 def test_image_without_fastface_turns_it_off_on_paste():

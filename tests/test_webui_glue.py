@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fastface.config import FIELD_NAMES, FastFaceArgs, field_kind, meta
+from fastface.config import FIELD_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind, meta
 from fastface.hosts import webui
 from fastface.hosts.common import NOTE_KEY, PatchSet
 from fastface.infotext import INFOTEXT_KEY, paste_key, to_infotext, ui_values
@@ -70,8 +70,10 @@ def test_ui_returns_every_field_in_order_with_tooltips(fake_gradio):
         if field_kind(name) == "float":
             assert comp.kind == "Slider" and (comp.kwargs["minimum"], comp.kwargs["maximum"]) == (meta(name)["lo"], meta(name)["hi"])
     assert comps[0].kind == "InputAccordion" and comps[0].value is False
-    assert script.paste_field_names == [paste_key(n) for n in FIELD_NAMES]
-    assert [c for c, _ in script.infotext_fields] == comps
+    pasted = [n for n in FIELD_NAMES if n not in VIEW_FIELDS]   # a paste leaves view options alone
+    assert "show_attention" in VIEW_FIELDS
+    assert script.paste_field_names == [paste_key(n) for n in pasted]
+    assert [c for c, _ in script.infotext_fields] == [c for n, c in zip(FIELD_NAMES, comps) if n in pasted]
 
 
 def test_ui_can_be_built_again_without_side_effects(fake_gradio, monkeypatch):
@@ -88,8 +90,8 @@ def test_preset_pick_fills_the_method_controls(fake_gradio):
     assert "change" not in comps["preset"].handlers  # pasting must not re-fill from the preset
     updates = fn("Realistic portrait")
     values = ui_values(PRESETS["Realistic portrait"])
-    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset", "readout")]
-    assert outputs == [comps[n] for n in names]  # picking a preset keeps the user's readout choice
+    names = [n for n in FIELD_NAMES if n not in ("enabled", "preset", "readout") + VIEW_FIELDS]
+    assert outputs == [comps[n] for n in names]  # picking a preset keeps the readout and view choices
     assert [u["value"] for u in updates] == [values[n] for n in names]
 
 
@@ -102,7 +104,7 @@ def test_paste_fields_restore_every_control(fake_gradio):
     api_params = {"Steps": "4", INFOTEXT_KEY: to_infotext(args)}  # API path: no callback
     for params in (ui_params, api_params):
         restored = {name: fn(params) for (_, fn), name in zip(script.infotext_fields, FIELD_NAMES)}
-        assert restored == ui_values(args)
+        assert restored == {n: v for n, v in ui_values(args).items() if n not in VIEW_FIELDS}
     off = {"Steps": "4"}
     webui.on_infotext_pasted("...", off)
     assert {n: fn(off) for (_, fn), n in zip(script.infotext_fields, FIELD_NAMES)}["enabled"] is False
@@ -193,3 +195,58 @@ def test_xyz_axes_registered_once_and_applied_per_cell(fake_xyz):
     cell = SimpleNamespace(**vars(base))
     enabled_axis.apply(cell, "False", None)
     assert webui.resolve_args(cell, [{"enabled": True, "preset": "Realistic"}])[0].enabled is False
+
+
+# -- "Show face attention" and mode-dependent visibility ---------------------------------------------
+def test_show_attention_is_a_ui_checkbox_and_an_api_field(fake_gradio):
+    comps = dict(zip(FIELD_NAMES, webui.build_ui(FakeScript(), False)))
+    box = comps["show_attention"]
+    assert box.kind == "Checkbox" and box.value is False and box.kwargs["label"] == "Show face attention"
+    assert FIELD_NAMES[-1] == "show_attention"   # appended: older positional API clients keep working
+    p = job_p()
+    webui.process(p, {"enabled": True, "preset": "Realistic", "show_attention": True})
+    assert p.fastface_job.args.show_attention is True
+    assert p.extra_generation_params[INFOTEXT_KEY] == "preset=Realistic"   # not a generation parameter
+    PatchSet.undo_all()
+
+
+def _visible_after(comps, **modes):
+    """Fire the mode controls' change handler with `modes` and read back the visibility updates."""
+    values = {n: ui_values(FastFaceArgs())[n] for n in webui.MODE_FIELDS}
+    values.update(modes)
+    fn, inputs, outputs = comps[webui.MODE_FIELDS[0]].handlers["change"]
+    updates = fn(*[values[n] for n in webui.MODE_FIELDS])
+    assert inputs == [comps[n] for n in webui.MODE_FIELDS]
+    names = {id(c): n for n, c in comps.items()}
+    assert all(set(u) == {"__type__", "visible"} for u in updates)   # values are never touched
+    return {names[id(c)]: u["visible"] for c, u in zip(outputs, updates)}
+
+
+def test_only_controls_of_the_chosen_modes_are_shown(fake_gradio):
+    comps = dict(zip(FIELD_NAMES, webui.build_ui(FakeScript(), False)))
+    # initial state follows the defaults: scale-power, intermediate schedule, DCG on
+    initial = {n: comps[n].kwargs.get("visible", True) for n in FIELD_NAMES}  # the accordion toggle: always
+    assert initial["sp_s_down"] and initial["sp_p"] and not initial["sm_quantile"] and not initial["sm_invert_first"]
+    assert not initial["alpha_custom"] and initial["alpha_peak"] and initial["show_attention"] and initial["am_mode"]
+    for name in webui.MODE_FIELDS:   # every controlling field updates the same outputs
+        assert comps[name].handlers["change"][2] == [comps[n] for n in webui.ACTS_ONLY_WITH]
+
+    soft = _visible_after(comps, am_mode="softmask")
+    assert all(soft[n] for n in ("sm_quantile", "sm_d_first", "sm_d_later", "sm_s_first", "sm_s_later",
+                                 "sm_adain", "sm_invert_first", "am_down", "clamp_max"))
+    assert not any(soft[n] for n in ("sp_s_down", "sp_s_mid", "sp_s_up", "sp_p"))
+    off = _visible_after(comps, am_mode="off")
+    assert not any(off[n] for n in ("sp_p", "sm_quantile", "am_down", "am_up", "clamp_max"))
+    custom = _visible_after(comps, schedule="custom")
+    assert custom["alpha_custom"] and custom["beta_custom"]
+    no_dcg = _visible_after(comps, schedule="custom", dcg=False)
+    assert not any(no_dcg[n] for n in ("alpha_peak", "beta_peak", "phi", "alpha_custom", "rescale_steps"))
+    assert no_dcg["sp_p"]   # AM controls do not depend on DCG
+
+
+def test_every_field_is_either_always_shown_or_tied_to_a_mode():
+    from fastface.config import METHOD_FIELDS
+    always = {"dcg", "am_mode", "hires"}
+    assert set(webui.ACTS_ONLY_WITH) | always == set(METHOD_FIELDS)
+    assert set(webui.MODE_FIELDS) == {"dcg", "schedule", "am_mode"}
+    assert webui.shown_controls({"dcg": True, "schedule": "custom", "am_mode": "scale-power"})["alpha_custom"]

@@ -40,6 +40,7 @@ from ..attention import ip_attention
 from ..blocks import unet_part
 from ..guidance import dcg_eps, dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
+from . import preview
 from .common import Job, PatchSet, StepTracker, guarded, log
 
 name = "A1111"
@@ -242,6 +243,7 @@ def on_cfg_denoiser(params) -> None:
     job, st = marked
     if job.active:
         _arrange_rows(job, st, params)
+        preview.a1111_rows(job, st, params)
 
 
 # -- attention ------------------------------------------------------------------------------------
@@ -264,12 +266,18 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
             except Exception as exc:
                 job.fail("A1111 attention transform", exc)
         if transform is None:
+            if job.recording is not None and is_faceid(self):   # "Show face attention" only
+                preview.a1111_record_untransformed(job, self, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k)
             return original(self, hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
         try:
             batch = hidden_states.shape[0]
             ip_k, ip_v = emb_to_k(cond_uncond_image_emb), emb_to_v(cond_uncond_image_emb)
             ip_k, ip_v = (t.view(batch, -1, attn_heads, head_dim).transpose(1, 2).to(query.dtype) for t in (ip_k, ip_v))
-            out = ip_attention(query, ip_k, ip_v, transform, kernels=job.kernels)   # (B, heads, L, d)
+            if job.recording is None:
+                out = ip_attention(query, ip_k, ip_v, transform, kernels=job.kernels)   # (B, heads, L, d)
+            else:   # "Show face attention": the same output, plus the maps
+                out = preview.face_attention(query, ip_k, ip_v, transform, kernels=job.kernels,
+                                             recorder=preview.a1111_recorder(job, self, batch, transform))
             job.am_calls[(st.index, st.step, job.layer_part)] += 1
             return out.transpose(1, 2).reshape(batch, -1, attn_heads * head_dim)
         except Exception as exc:
@@ -286,7 +294,7 @@ def _install_attention(job: Job, p, patches: PatchSet, transform_layers: bool) -
     for cls in classes:
         original = cls.__dict__.get("attn_eval", cls.attn_eval)
         patches.setattr(cls, "attn_eval", _patched_attn_eval(job, original, transform_layers))
-    if not transform_layers:
+    if not transform_layers and job.recording is None:   # the preview needs the parts too
         return
     unet = p.sd_model.model.diffusion_model
     for module_name, module in unet.named_modules():

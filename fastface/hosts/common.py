@@ -142,6 +142,7 @@ class Job:
     current_pass: Any = None
     layer_part: Optional[str] = None     # UNet part of the attn2 layer now running
     installed: set = field(default_factory=set)
+    recording: Any = None                # "Show face attention" (hosts/preview.py); None when off
     # face branch: fused kernels allowed until one fails; transforms built once per key
     kernels: KernelSwitch = field(default_factory=KernelSwitch)
     _transforms: Optional[TransformCache] = None

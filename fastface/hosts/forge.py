@@ -64,6 +64,7 @@ from ..attention import ip_attention
 from ..blocks import unet_part
 from ..guidance import dcg_x0
 from ..schedule import alpha_beta, branches_needed, rescale_phi
+from . import preview
 from .common import Job, StepTracker, log
 
 name = "Forge"
@@ -216,6 +217,8 @@ class FaceAttn2Patch:
                 job.fail("Forge attention transform", exc)
                 transform = None
         if transform is None:
+            if job.recording is not None and isinstance(st, ForgePass):   # "Show face attention" only
+                preview.forge_record_untransformed(self, n, extra_options)
             return self.inner(n, context_attn2, value_attn2, extra_options)
         try:
             out = self._transformed(n, context_attn2, value_attn2, extra_options, transform)
@@ -319,7 +322,11 @@ class FaceAttn2Patch:
             kh, vh = self._face_kv(i, labels, per_chunk, heads, q.dtype)
             if linear:
                 kh, vh = kh * weight, vh * weight
-            face_out = ip_attention(qh, kh, vh, transform, kernels=job.kernels)
+            if job.recording is None:
+                face_out = ip_attention(qh, kh, vh, transform, kernels=job.kernels)
+            else:   # "Show face attention": the same output, plus the maps
+                face_out = preview.face_attention(qh, kh, vh, transform, kernels=job.kernels, recorder=preview.forge_recorder(
+                    job, inner.ipadapters[i], rows, extra_options, transform))
             face_out = face_out.transpose(1, 2).reshape(rows, tokens, width)
             if not linear:
                 face_out = face_out * weight
@@ -383,6 +390,8 @@ def clone_unet(source, job: Job):
 ID_IN_UNCOND = "id-only rows in the uncond slot"   # two branches: the negative rows are relabelled COND
 ID_APPENDED = "id-only rows appended"              # three branches: a COND copy of the negative rows
 COND, UNCOND = 0, 1                                # calc_cond_uncond_batch's chunk labels (L161-162)
+ID_ONLY = 2                                        # FastFace's own label for id-only chunks
+CHUNKS_KEY = "fastface_chunks"                     # transformer option: the chunks' real labels
 # Why relabel rather than force the face onto UNCOND rows in FastFace's attn2 wrapper: the face
 # stays Forge's own IP-Adapter code (also with AM off, for every adapter and weight type), and
 # everything else inside the UNet that reads the labels sees what a separate COND call would show
@@ -478,6 +487,7 @@ def _relabelled(args) -> dict:
     options = dict(c.get("transformer_options") or {})
     labels = [COND] * len(args["cond_or_uncond"])
     options["cond_or_uncond"] = labels
+    options[CHUNKS_KEY] = list(args["cond_or_uncond"])   # what each chunk really is (the preview reads it)
     if isinstance(options.get("cond_mark"), torch.Tensor):    # per-row 0/1 (L256): all cond now
         options["cond_mark"] = torch.zeros_like(options["cond_mark"])
     if "cond_indices" in options:                            # L257
@@ -518,6 +528,7 @@ def _with_id_rows(args) -> tuple[dict, int]:
             c[key] = _append_rows(value, rows, start, stop)
     options = dict(c.get("transformer_options") or {})
     options["cond_or_uncond"] = labels + [COND]
+    options[CHUNKS_KEY] = labels + [ID_ONLY]
     mark = options.get("cond_mark")
     if isinstance(mark, torch.Tensor):
         options["cond_mark"] = torch.cat([mark, torch.zeros_like(mark[start:stop])])

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, FastFaceArgs, field_kind,
+from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind,
                       from_script_args, meta, validate)
 from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
 from ..presets import PRESETS, apply_preset
+from . import preview
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
 from . import readout
 
@@ -34,9 +35,35 @@ def host_for(p):
 
 
 # -- UI --------------------------------------------------------------------------------------------
-def _component(gr, name: str, elem_id):
+# Controls that act only in some modes: every (controlling field, values) pair must hold for the
+# control to be shown. Hiding keeps the value, so pasted infotext and the API are unaffected.
+_DCG = ("dcg", (True,))
+_SCALE_POWER = ("am_mode", ("scale-power",))
+_SOFTMASK = ("am_mode", ("softmask",))
+_ANY_AM = ("am_mode", ("scale-power", "softmask"))
+ACTS_ONLY_WITH: dict[str, tuple] = {
+    "alpha_peak": (_DCG,), "beta_peak": (_DCG,), "phi": (_DCG,), "schedule": (_DCG,),
+    "rescale_steps": (_DCG,),
+    "alpha_custom": (_DCG, ("schedule", ("custom",))), "beta_custom": (_DCG, ("schedule", ("custom",))),
+    "sp_s_down": (_SCALE_POWER,), "sp_s_mid": (_SCALE_POWER,), "sp_s_up": (_SCALE_POWER,),
+    "sp_p": (_SCALE_POWER,),
+    "sm_quantile": (_SOFTMASK,), "sm_d_first": (_SOFTMASK,), "sm_d_later": (_SOFTMASK,),
+    "sm_s_first": (_SOFTMASK,), "sm_s_later": (_SOFTMASK,), "sm_adain": (_SOFTMASK,),
+    "sm_invert_first": (_SOFTMASK,),
+    "am_down": (_ANY_AM,), "am_mid": (_ANY_AM,), "am_up": (_ANY_AM,), "clamp_max": (_ANY_AM,),
+}
+MODE_FIELDS: tuple[str, ...] = tuple(sorted({f for conds in ACTS_ONLY_WITH.values() for f, _ in conds},
+                                            key=FIELD_NAMES.index))
+
+
+def shown_controls(values) -> dict[str, bool]:
+    """Which mode-dependent controls act with these values (UI values: dcg bool, mode strings)."""
+    return {name: all(values.get(f) in allowed for f, allowed in conds) for name, conds in ACTS_ONLY_WITH.items()}
+
+
+def _component(gr, name: str, elem_id, visible: bool = True):
     m, kind = meta(name), field_kind(name)
-    common = dict(label=m["label"], elem_id=elem_id(name), tooltip=m["tip"])
+    common = dict(label=m["label"], elem_id=elem_id(name), tooltip=m["tip"], visible=visible)
     value = ui_values(DEFAULTS)[name]
     if kind == "bool":
         return gr.Checkbox(value=value, **common)
@@ -66,6 +93,7 @@ def build_ui(script, is_img2img: bool) -> list:
     from modules.ui_components import InputAccordion
 
     elem_id = lambda name: script.elem_id(name)  # noqa: E731
+    shown = shown_controls(ui_values(DEFAULTS))
     comps: dict[str, Any] = {}
     with InputAccordion(False, label=TITLE, elem_id=elem_id("enabled")) as enabled:
         comps["enabled"] = enabled
@@ -74,14 +102,28 @@ def build_ui(script, is_img2img: bool) -> list:
             with gr.Accordion(title, open=True, elem_id=elem_id(title.split()[0].lower())):
                 with gr.Row():
                     for name in main:
-                        comps[name] = _component(gr, name, elem_id)
+                        comps[name] = _component(gr, name, elem_id, shown.get(name, True))
                 with gr.Accordion("Advanced", open=False):
                     with gr.Row():
                         for name in advanced:
-                            comps[name] = _component(gr, name, elem_id)
-        comps["hires"] = _component(gr, "hires", elem_id)
-        comps["readout"] = _component(gr, "readout", elem_id)
+                            comps[name] = _component(gr, name, elem_id, shown.get(name, True))
+        with gr.Row():
+            comps["hires"] = _component(gr, "hires", elem_id)
+            comps["readout"] = _component(gr, "readout", elem_id)
+            comps["show_attention"] = _component(gr, "show_attention", elem_id)
     assert set(comps) == set(FIELD_NAMES), set(FIELD_NAMES) ^ set(comps)
+
+    # Show only the controls that act in the chosen modes. `.change` also fires when a preset
+    # pick or a paste sets the mode, and a visibility update leaves every value as it is.
+    dependent = list(ACTS_ONLY_WITH)
+
+    def update_visibility(*mode_values):
+        visible = shown_controls(dict(zip(MODE_FIELDS, mode_values)))
+        return [gr.update(visible=visible[n]) for n in dependent]
+
+    for name in MODE_FIELDS:
+        comps[name].change(fn=update_visibility, inputs=[comps[n] for n in MODE_FIELDS],
+                           outputs=[comps[n] for n in dependent], show_progress=False)
 
     method_components = [comps[n] for n in METHOD_FIELDS]
 
@@ -94,8 +136,9 @@ def build_ui(script, is_img2img: bool) -> list:
     comps["preset"].input(fn=fill_from_preset, inputs=[comps["preset"]], outputs=method_components,
                           show_progress=False)
 
-    script.infotext_fields = [(comps[n], functools.partial(_pasted_value, name=n)) for n in FIELD_NAMES]
-    script.paste_field_names = [paste_key(n) for n in FIELD_NAMES]
+    pasted = [n for n in FIELD_NAMES if n not in VIEW_FIELDS]   # view options survive a paste
+    script.infotext_fields = [(comps[n], functools.partial(_pasted_value, name=n)) for n in pasted]
+    script.paste_field_names = [paste_key(n) for n in pasted]
     return [comps[n] for n in FIELD_NAMES]
 
 
@@ -142,6 +185,7 @@ def process(p, *script_args) -> None:
         return
     host = host_for(p)
     job = Job(args=args, host=host.name, issues=issues, patches=PatchSet("FastFace job"))
+    preview.begin(job)
     p.fastface_job = job
     params = job.infotext_params()
     p.extra_generation_params[INFOTEXT_KEY] = params[INFOTEXT_KEY]
@@ -162,6 +206,7 @@ def before_sampling(p, *script_args, **kwargs) -> None:
         host.start_pass(job, p)
     except Exception as exc:
         job.fail(f"{host.name} set-up", exc)
+    preview.start_pass(job, p)   # never raises: a preview problem only stops the recording
 
 
 def postprocess_image(p, pp, *args) -> None:
@@ -177,6 +222,7 @@ def postprocess(p, *args) -> None:
         return
     host_for(p).end_job(job, p)
     readout.finish(p)
+    preview.finish(job, p, args[0] if args else None)   # "Show face attention" extra images
     # The infotext has been written with the callables; the API's `info` JSON serialises this dict
     # later and would show null for them, so store the final values.
     final = job.infotext_params()

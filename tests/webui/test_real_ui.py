@@ -90,3 +90,36 @@ def test_paste_from_infotext_restores_every_control(page):
     page.locator("#txt2img_tools #paste, #tab_txt2img #paste").first.click()
     page.wait_for_timeout(3000)
     assert _value(page, "enabled") is False
+
+
+def test_accordion_shows_only_the_controls_of_the_chosen_mode(page):
+    """Real Gradio: the transform / schedule radios hide the controls that do not act (values kept)."""
+    page.locator("#tabs button", has_text="txt2img").first.click()
+    root = "#script_txt2img_fastface_enabled"
+    page.locator(root).scroll_into_view_if_needed()
+    if not page.locator("#script_txt2img_fastface_am_mode").first.is_visible():
+        page.locator(f"{root} .label-wrap").first.click()
+    for acc in page.locator(f"{root} .label-wrap", has_text="Advanced").all():
+        acc.click()
+
+    def shown(name):
+        return page.locator(f"#script_txt2img_fastface_{name}").first.is_visible()
+
+    def pick(name, choice):
+        page.locator(f"#script_txt2img_fastface_{name} label", has_text=choice).first.click()
+        page.wait_for_timeout(1500)
+
+    assert shown("show_attention")
+    pick("am_mode", "softmask")
+    assert shown("sm_quantile") and shown("sm_invert_first") and not shown("sp_p") and not shown("sp_s_down")
+    page.locator(root).screenshot(path=os.path.join(SHOTS, "accordion_softmask.png"))
+    pick("am_mode", "scale-power")
+    assert shown("sp_p") and not shown("sm_quantile")
+    pick("schedule", "custom")
+    assert shown("alpha_custom") and shown("beta_custom")
+    pick("schedule", "intermediate")
+    assert not shown("alpha_custom")
+    pick("am_mode", "off")
+    assert not shown("sp_p") and not shown("am_down") and not shown("clamp_max")
+    assert "background" in (page.locator("#script_txt2img_fastface_sm_invert_first").first.get_attribute("title") or "")
+    pick("am_mode", "scale-power")

@@ -257,3 +257,126 @@ def test_xyz_preset_axis_applies_per_cell():
     resp = txt2img({"enabled": False, "preset": "Realistic"}, script_name="x/y/z plot", script_args=script_args)
     cells = [t for t in resp["info_json"]["infotexts"] if "FastFace: " in t]
     assert any("preset=Stylistic" in t for t in cells) and any("preset=Realistic portrait" in t for t in cells)
+
+
+# -- "Show face attention" ------------------------------------------------------------------------
+# FASTFACE_UNIT_DIR: a folder with unit_<kind>.json ControlNet units (faceid, plus, plusv2, portrait,
+# plain), e.g. written by a script like the harness's payload maker; the tests below that need a
+# kind skip without its file. Sizes are those `fastface.attnpreview.preview_size` documents.
+UNIT_DIR = os.environ.get("FASTFACE_UNIT_DIR", "")
+
+
+def png_size(b64: str) -> tuple[int, int]:
+    data = base64.b64decode(b64)
+    return struct.unpack(">II", data[16:24])
+
+
+def unit_of(kind: str, faces: int = 1):
+    path = os.path.join(UNIT_DIR, f"unit_{kind}.json")
+    if not UNIT_DIR or not os.path.isfile(path):
+        pytest.skip(f"no {path} (set FASTFACE_UNIT_DIR)")
+    with open(path) as f:
+        unit = json.load(f)
+    if faces > 1:   # Portrait: several faces, one (N, 512) embedding tensor → 16 tokens per face
+        import torch
+
+        buf = io.BytesIO()
+        emb = torch.randn(faces, 512, generator=torch.Generator().manual_seed(11))
+        torch.save(torch.nn.functional.normalize(emb, dim=-1), buf)
+        unit["ipadapter_input"] = [base64.b64encode(buf.getvalue()).decode()]
+    return unit
+
+
+def expected_preview_size(image_wh, steps, tokens, *, separate=0, groups=1, passes=1, panel=160):
+    """attnpreview's documented layout: rows = 3 parts × (1 + separate tokens) per pass."""
+    from fastface import attnpreview as ap
+
+    pw, ph = ap.panel_size(image_wh, panel)
+    rows = 3 * (1 + separate) * passes
+    width = ap.LABEL_W + steps * (2 * groups * pw + ap.CELL_GAP) + ap.MARGIN
+    height = ap.TITLE_H + ap.HEADER_H + rows * (ph + ap.CAPTION_H) + (passes if passes > 1 else 0) * ap.PASS_H + ap.MARGIN
+    return width, height
+
+
+def _unit_separate() -> int:
+    """Rows of their own for token 0 in the default unit's preview: FaceID-Plus (v2) units."""
+    return 1 if "plus" in str(face_unit().get("model", "")).lower() else 0
+
+
+def _with_units(units):
+    return {"controlnet": {"args": units}}
+
+
+def _show(preset, on=True, **fields):
+    return {"enabled": True, "preset": preset, "show_attention": on, **fields}
+
+
+@pytest.mark.parametrize("preset", ["Realistic", "Stylistic"])
+def test_show_attention_adds_one_preview_per_image_and_changes_no_pixel(preset):
+    off = txt2img(_show(preset, False), batch_size=2)
+    on = txt2img(_show(preset, True), batch_size=2)
+    n = len(off["images"])   # the generated images (and a grid first, if the server returns it)
+    assert len(on["images"]) == n + 2, (n, len(on["images"]))
+    for a, b in zip(off["images"][:n], on["images"][:n]):
+        assert png_pixels(a) == png_pixels(b)
+    for extra in on["images"][n:]:
+        assert png_size(extra) == expected_preview_size((64, 64), 4, 4, separate=_unit_separate())
+    assert "show_attention" not in infotext(on) and infotext(on) == infotext(off)
+    assert len(on["info_json"]["infotexts"]) == len(off["info_json"]["infotexts"])   # no infotext of their own
+
+
+def test_show_attention_in_img2img():
+    made = txt2img({"enabled": False, "preset": "Realistic"})
+    payload = {"init_images": [made["images"][0]], "denoising_strength": 0.6, "prompt": "a photo of a person",
+               "negative_prompt": "blurry", "steps": 4, "width": 64, "height": 64, "cfg_scale": 1.0,
+               "sampler_name": "Euler", "seed": 1234,
+               "alwayson_scripts": {"controlnet": {"args": [face_unit()]}}}
+    outs = {}
+    for on in (False, True):
+        payload["alwayson_scripts"]["FastFace"] = {"args": [_show("Realistic", on)]}
+        outs[on] = post(URL, "/sdapi/v1/img2img", payload)
+    assert len(outs[True]["images"]) == len(outs[False]["images"]) + 1
+    assert png_pixels(outs[True]["images"][0]) == png_pixels(outs[False]["images"][0])
+    # img2img at strength 0.6 runs int(4 · 0.6) = 2 steps
+    assert png_size(outs[True]["images"][-1])[1] == expected_preview_size((64, 64), 2, 4, separate=_unit_separate())[1]
+
+
+@pytest.mark.parametrize("kind,faces", [("portrait", 1), ("portrait", 2), ("plus", 1), ("plusv2", 1)])
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_other_faceid_adapters_every_preset(kind, faces, preset):
+    """FaceID-Portrait (16 tokens per face) and FaceID-Plus v1 / v2: AM reaches them (trace), the
+    preview shows every token (its size follows the token layout), no pixel changes with the box."""
+    if faces > 1 and preset not in ("Realistic", "Realistic portrait"):
+        pytest.skip("several faces: the AM presets are enough")
+    unit = unit_of(kind, faces)
+    off = txt2img(_show(preset, False), steps=2, alwayson_scripts=_with_units([unit]), unit=False)
+    on = txt2img(_show(preset, True), steps=2, alwayson_scripts=_with_units([unit]), unit=False)
+    assert "internal error" not in params(on).get("FastFace note", "")
+    am = trace(on)["am"]
+    if PRESETS[preset].am_mode != "off":
+        assert {k.split("/")[2] for k in am} == {"down", "up"} and {k.split("/")[1] for k in am} == {"0", "1"}, am
+    else:
+        assert am == {}
+    n = len(off["images"])
+    assert len(on["images"]) == n + 1 and png_pixels(on["images"][0]) == png_pixels(off["images"][0])
+    # sd-webui-controlnet merges several faces into one set of 16 Portrait tokens (ipadapter_impls.md
+    # §3.2), so the preview shows one 4×4 mosaic; one mosaic per face is drawn where a host keeps
+    # 16 tokens per face (tests/test_attnmaps.py)
+    tokens = 16 if kind == "portrait" else 4
+    separate = 1 if kind == "plusv2" else 0
+    groups = 1
+    assert png_size(on["images"][-1]) == expected_preview_size((64, 64), 2, tokens, separate=separate, groups=groups)
+
+
+def test_plain_ip_adapter_beside_faceid_is_untouched():
+    """A non-FaceID IP-Adapter unit next to the FaceID one: the transformed-call counts of the trace
+    are those of the FaceID unit alone (the plain unit's layers run ControlNet's own code)."""
+    plain, faceid = unit_of("plain"), unit_of("faceid")
+    alone = txt2img(_show("Realistic"), steps=2, alwayson_scripts=_with_units([faceid]), unit=False)
+    both = txt2img(_show("Realistic"), steps=2, alwayson_scripts=_with_units([faceid, plain]), unit=False)
+    assert trace(both)["am"] == trace(alone)["am"] and trace(alone)["am"]
+    assert png_pixels(both["images"][0]) != png_pixels(alone["images"][0])   # the plain unit did act
+    plain_only = txt2img(_show("Realistic"), steps=2, alwayson_scripts=_with_units([plain]), unit=False)
+    assert trace(plain_only)["am"] == {}
+    assert len(plain_only["images"]) == len(txt2img(_show("Realistic", False), steps=2,
+                                                    alwayson_scripts=_with_units([plain]), unit=False)["images"])
