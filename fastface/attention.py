@@ -164,11 +164,8 @@ def _values_with_output_adain(mapped: Tensor, probs: Tensor, v: Tensor, weight: 
 
 
 def _centre_and_mean(d: int, device: torch.device) -> Tensor:
-    """The (d, d + 1) matrix [I − 11ᵀ/d | 1/d]: V times it is [V − μV | μV] (fp32, cached per
-    device like `_flip_first`)."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return _make_centre_and_mean(d, device)
-    return _cached_centre_and_mean(d, device)
+    """The (d, d + 1) matrix [I − 11ᵀ/d | 1/d]: V times it is [V − μV | μV] (fp32)."""
+    return _device_constant(_make_centre_and_mean, d, device)
 
 
 def _make_centre_and_mean(d: int, device: torch.device) -> Tensor:
@@ -307,11 +304,21 @@ def _inverse_span(mn: Tensor, mx: Tensor, scale: float) -> Tensor:
 
 def _flip_first(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(offset, sign), shaped (T, 1), with offset + sign·x = (1 − x₀, x₁, …): token 0 inverted in
-    one kernel. Built once per device and token count (never while a CUDA graph is captured,
-    where a kernel is recorded but not run, so a cached tensor would hold garbage)."""
+    one kernel."""
+    return _device_constant(_make_flip, tokens, device)
+
+
+def _device_constant(make: Callable, size: int, device: torch.device):
+    """`make(size, device)`, built once per (make, size, device) — but never cached while a CUDA
+    graph is captured, where a kernel is recorded and not run, so the tensor would hold garbage."""
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return _make_flip(tokens, device)
-    return _cached_flip(tokens, device)
+        return make(size, device)
+    return _cached_constant(make, size, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(make: Callable, size: int, device: torch.device):
+    return make(size, device)
 
 
 def _make_flip(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -320,8 +327,6 @@ def _make_flip(tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return offset, 1.0 - 2.0 * offset
 
 
-_cached_flip = functools.lru_cache(maxsize=32)(_make_flip)
-_cached_centre_and_mean = functools.lru_cache(maxsize=32)(_make_centre_and_mean)
 
 
 def _softmask_token_major(t: Tensor, quantile: float, d: float, s: float, invert_first: bool,

@@ -20,7 +20,7 @@ Launches per call (no host-device sync, nothing created on the CPU: CUDA-graph c
                                  block: the mask, invert-first undone, map AdaIN over T, ·v, output AdaIN
                                  (its statistics over d taken from the output rows in registers and from
                                  A·v, one more tensor-core product; the torch path gets the same values
-                                 from v's per-token mean and covariance, `attention._output_adain`).
+                                 from v's per-token mean and covariance, `attention._values_then_output_adain`).
     No torch op runs between them (the allocations are `torch.empty`).
 
 Measured on an H200 (bench/bench_fused.py, SDXL attn2 at 1024², 3 rows, fp16, T 4 / 16, GPU µs per

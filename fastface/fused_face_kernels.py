@@ -95,7 +95,7 @@ if KERNELS_DEFINED:
     def _output_adain(out, a_orig, v, offs_d, D, w, wc, eps, NATIVE: tl.constexpr, PARTS: tl.constexpr):
         """`attention.adain_blend(out, a_orig·v, w, dim=-1)` for one block of rows, out (BLOCK_L, D_PAD):
         w·out + (1 − w)·((out − μ)/(σ + eps)·σ_ref + μ_ref), statistics over d. The torch path gets them
-        from v's per-token mean and covariance (`_output_adain`: μ = a·m, σ² = a·C·aᵀ); here the rows
+        from v's per-token mean and covariance (`attention._values_then_output_adain`: μ = a·m, σ² = a·C·aᵀ); here the rows
         are in registers, so the statistics are taken from them directly (one more tensor-core
         product for a_orig·v) — the same values up to fp32 rounding. The finite guard is per query
         row (the torch path checks the whole call at once; both leave rows alone when not finite)."""
