@@ -25,9 +25,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastface.attention import TransformCache, ip_attention, transform_for  # noqa: E402
+from fastface.method.attention import ip_attention  # noqa: E402
+from fastface.method.transforms import TransformCache, transform_for  # noqa: E402
 from fastface.presets import PRESETS  # noqa: E402
-from fastface.schedule import rows_per_image  # noqa: E402
+from fastface.method.schedule import rows_per_image  # noqa: E402
 
 ROWS, D_HEAD, TEXT_TOKENS = 3, 64, 77
 SHAPES = [(10, 4096), (20, 1024), (10, 1024), (20, 4096)]  # (heads, L): SDXL 64² and 32² blocks

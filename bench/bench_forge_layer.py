@@ -2,7 +2,7 @@
 
 CPU, one thread, tiny tensors (4 rows × 64 tokens × width 8, a FaceID adapter with 4 face
 tokens): the time is almost all Python and kernel launches, i.e. what each of SDXL's 70 attn2
-layers adds per UNet call. Forge's patch is the stand-in of tests/forge_standins.py (the same
+layers adds per UNet call. Forge's patch is the stand-in of tests/hosts/forge_standins.py (the same
 call contract and per-layer work: text SDPA, face K/V projections, σ read, face SDPA). Prints
 medians of interleaved repeats and the ratio to Forge's own patch.
 
@@ -16,11 +16,12 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "hosts"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import forge_standins as fs  # noqa: E402
-from fastface.hosts import forge  # noqa: E402
+from fastface.hosts.forge.attention import FaceAttn2Patch  # noqa: E402
+from fastface.hosts.forge.state import ForgePass  # noqa: E402
 from fastface.hosts.common import Job  # noqa: E402
 from fastface.presets import PRESETS  # noqa: E402
 
@@ -37,8 +38,8 @@ def main(repeats: int = 7, calls: int = 200) -> None:
     with torch.no_grad():
         for preset in ("Stylistic", "Realistic", "Realistic portrait"):
             job = Job(args=PRESETS[preset], host="Forge")
-            job.current_pass = forge.ForgePass(index=0, step=1, total=4)
-            wrapper = forge.FaceAttn2Patch(patch, job)
+            job.current_pass = ForgePass(index=0, step=1, total=4)
+            wrapper = FaceAttn2Patch(patch, job)
             times = {"forge": [], "fastface": []}
             for fn in (patch, wrapper):
                 for _ in range(50):

@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastface import fused_face  # noqa: E402
-from fastface.attention import ScalePower, Softmask, ip_attention  # noqa: E402
+from fastface.kernels import launch as fused_face  # noqa: E402
+from fastface.method.attention import ip_attention  # noqa: E402
+from fastface.method.transforms import ScalePower, Softmask  # noqa: E402
 
 TRANSFORMS = {
     "none": None,

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastface.likeness import FaceModel  # noqa: E402
+from fastface.views.likeness import FaceModel  # noqa: E402
 
 
 def main() -> None:

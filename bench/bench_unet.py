@@ -9,7 +9,7 @@ attn2 layer carries an IP-Adapter-FaceID face branch (T face tokens, own to_k_ip
 
     attn2(x) = to_out( SDPA(q, k_text, v_text) + λ · face(q, k_ip, v_ip) )
 
-where `face` is the fused SDPA a host runs without FastFace, or `fastface.attention.ip_attention`
+where `face` is the fused SDPA a host runs without FastFace, or `fastface.method.attention.ip_attention`
 with the preset's transform in the layers its AM touches (down / mid / up), fused SDPA elsewhere.
 On CUDA: fp16, full SDXL-base at 1024² (latent 128²). On CPU: a small config with SDXL's 70 attn2
 layers (so the per-layer host overhead weighs as in SDXL), fp32, latent 16², 1 thread by default.
@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastface import attention  # noqa: E402
-from fastface.attention import ip_attention, transform_for  # noqa: E402
+from fastface.method import attention  # noqa: E402
+from fastface.method.attention import ip_attention  # noqa: E402
+from fastface.method.transforms import transform_for  # noqa: E402
 from fastface.presets import PRESETS  # noqa: E402
-from fastface.schedule import rows_per_image  # noqa: E402
+from fastface.method.schedule import rows_per_image  # noqa: E402
 
 PARTS = ("down", "mid", "up")
 REFERENCE_STEP = 1  # the step whose transform every call variant uses (the cost does not depend on (d, s))

@@ -19,15 +19,16 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 
-from fastface.attention import KernelSwitch, ScalePower, Softmask, ip_attention  # noqa: E402
-from fastface.hosts.preview import face_attention  # noqa: E402
+from fastface.hosts.recording import face_attention  # noqa: E402
+from fastface.method.attention import KernelSwitch, ip_attention  # noqa: E402
+from fastface.method.transforms import ScalePower, Softmask  # noqa: E402
 
 
 def main():
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 0
-    from fastface import fused_face
+    from fastface.kernels import launch as fused_face
 
     dev = torch.device("cuda")
     print("device", torch.cuda.get_device_name(0), "| fused kernels available:", fused_face.available(dev))

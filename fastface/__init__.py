@@ -1,13 +1,18 @@
 """FastFace: training-free identity preservation for few-step (distilled) diffusion.
 
-The package root is host-independent (torch and numpy only); `fastface.hosts` holds the WebUI
-adapters. Modules:
-    config     the one schema, `FastFaceArgs`, and its validation
-    presets    named presets
-    schedule   per-step α/β, softmask (d, s) and the branches a step needs
-    guidance   decoupled CFG (DCG) in ε- and x₀-space
-    attention  explicit face-branch attention and the AM transforms
-    infotext   the `FastFace` infotext value
-    blocks     UNet part of an attention layer from any host's naming
+The schema sits at the top; every subpackage is one part of the architecture:
+
+    config     the one schema, `FastFaceArgs`: fields, defaults, ranges, keys, tooltips, coercion
+    presets    the named presets, and raw values (UI, API) read on top of the preset they name
+    infotext   the `FastFace` infotext value, written and read back
+    method/    the paper's math in torch: schedules, DCG, the AM transforms, the face branch
+    kernels/   the fused Triton face branch (optional, CUDA)
+    views/     the attention-map previews and the likeness (ID) metric
+    eval/      `fastface-eval`: the paper's ID table on your own models, over HTTP
+    hosts/     the only code that touches WebUI or IP-Adapter internals (A1111, Forge)
+
+Import direction (checked by tests/test_layout.py): config ← presets ← infotext; `method`,
+`kernels`, `views` and `eval` import the schema and each other as their docstrings say, never
+`hosts`, a WebUI module or gradio; `hosts` imports anything.
 """
 __version__ = "0.1.0"

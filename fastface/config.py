@@ -5,7 +5,8 @@
 are the authors' code values (`ControlGenAI/FastFace`, see `shared/docs/fastface_reference.md` §7);
 where the paper says otherwise the paper's value is mentioned in the tooltip.
 
-Validation never raises: `validate()` returns clean args plus a list of `Issue`s. Out-of-range
+Validation never raises: `validate_on()` (and `presets.validate()`, which starts from the
+chosen preset) returns clean args plus a list of `Issue`s. Out-of-range
 numbers are clamped (a non-fatal issue); values of the wrong kind are rejected (a fatal issue:
 the host then turns FastFace off for that job and reports the message).
 """
@@ -188,7 +189,7 @@ class FastFaceArgs:
 
     def validated(self) -> tuple["FastFaceArgs", list["Issue"]]:
         """These args with every value coerced and clamped into range, plus what was changed."""
-        return validate(self.to_dict(), base=self)
+        return validate_on(self, self.to_dict())
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(FastFaceArgs)
@@ -306,24 +307,13 @@ def coerce_value(name: str, value: Any, issues: list[Issue]) -> Any:
     return _clamp(name, _coerce_float(value), issues)
 
 
-def validate(values: Mapping[str, Any], base: FastFaceArgs | None = None) -> tuple[FastFaceArgs, list[Issue]]:
-    """Build args from named raw values on top of `base` (default: the chosen preset's values).
+def validate_on(base: FastFaceArgs, values: Mapping[str, Any]) -> tuple[FastFaceArgs, list[Issue]]:
+    """Build args from named raw values on top of `base`.
 
     Unknown names and wrong-kind values are reported as rejected issues and ignored; numbers out of
-    range are clamped and reported. Never raises."""
-    from .presets import PRESETS  # presets import this module
-
+    range are clamped and reported. Never raises. (`presets.validate` picks the base from the
+    values' preset.)"""
     issues: list[Issue] = []
-    values = dict(values)
-    if base is None:
-        preset_name = values.get("preset", FastFaceArgs.preset)
-        try:
-            preset_name = _coerce_choice(preset_name, PRESET_NAMES)
-        except ValueError as exc:
-            issues.append(Issue("preset", str(exc), True))
-            values.pop("preset")
-            preset_name = FastFaceArgs.preset
-        base = PRESETS[preset_name].replace(enabled=FastFaceArgs.enabled)
     changes: dict[str, Any] = {}
     for name, raw in values.items():
         if name not in FIELDS_BY_NAME and name in FIELDS_BY_KEY:
@@ -336,25 +326,3 @@ def validate(values: Mapping[str, Any], base: FastFaceArgs | None = None) -> tup
         except ValueError as exc:
             issues.append(Issue(name, str(exc), True))
     return base.replace(**changes), issues
-
-
-def from_script_args(script_args: Sequence[Any]) -> tuple[FastFaceArgs, list[Issue]]:
-    """The host script's argument tuple → args.
-
-    Accepts what A1111/Forge hand an AlwaysOn script: the UI's positional values in field order
-    (possibly shorter, from older API clients), or a dict of named fields first (API)."""
-    script_args = list(script_args)
-    # A dict (API) or args object (Python callers) comes first; A1111's API fills the rest of the
-    # script's slots with the UI defaults, which are then ignored.
-    if script_args and isinstance(script_args[0], FastFaceArgs):
-        return script_args[0].validated()
-    if script_args and isinstance(script_args[0], Mapping):
-        return validate(script_args[0])
-    if len(script_args) > len(FIELD_NAMES):
-        extra = len(script_args) - len(FIELD_NAMES)
-        script_args = script_args[: len(FIELD_NAMES)]
-        issue = [Issue("args", f"{extra} extra positional value(s) ignored", False)]
-    else:
-        issue = []
-    args, issues = validate(dict(zip(FIELD_NAMES, script_args)))
-    return args, issue + issues

@@ -18,8 +18,8 @@ import logging
 from typing import Any, Mapping, MutableMapping
 
 from .config import (FIELDS_BY_KEY, FIELDS_BY_NAME, FIELD_NAMES, LIST_SEPARATOR, METHOD_FIELDS,
-                     VIEW_FIELDS, FastFaceArgs, Issue, field_kind, meta, validate)
-from .presets import PRESETS
+                     VIEW_FIELDS, FastFaceArgs, Issue, field_kind, meta)
+from .presets import PRESETS, validate
 
 log = logging.getLogger("fastface")
 

@@ -3,9 +3,13 @@ import sys
 
 from hypothesis import HealthCheck, settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+# the repository (for `fastface`) and tests/ itself (for the shared helpers: strategies,
+# likeness_models), which test modules in the subfolders import by name
+for folder in (TESTS, ROOT):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 settings.register_profile("default", deadline=None, max_examples=60,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fastface import config
-from fastface.config import FIELD_NAMES, FastFaceArgs, Issue, from_script_args, validate
+from fastface.config import FIELD_NAMES, FastFaceArgs, Issue
+from fastface.presets import from_script_args, validate
 from fastface.presets import PRESETS
 
 # The authors' code defaults (shared/docs/fastface_reference.md §7), written out independently.

@@ -18,7 +18,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..attention import KernelSwitch, TransformCache
+from ..method.attention import KernelSwitch
+from ..method.transforms import TransformCache
 from ..config import FastFaceArgs, Issue
 from ..infotext import INFOTEXT_KEY, to_infotext
 
@@ -142,7 +143,7 @@ class Job:
     current_pass: Any = None
     layer_part: Optional[str] = None     # UNet part of the attn2 layer now running
     installed: set = field(default_factory=set)
-    recording: Any = None                # "Show face attention" (hosts/preview.py); None when off
+    recording: Any = None                # "Show face attention" (hosts/recording.py); None when off
     # face branch: fused kernels allowed until one fails; transforms built once per key
     kernels: KernelSwitch = field(default_factory=KernelSwitch)
     _transforms: Optional[TransformCache] = None

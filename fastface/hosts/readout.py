@@ -9,7 +9,7 @@ the `readout` field is ticked):
   L802-810 and L1026-1088; Forge the same, L784-787), so the callable returns that image's value,
   looked up by (p.iteration, index). The grid (`use_main_prompt`) gets none.
 * `on_image` (Script.postprocess_image, once per image): the first image loads the face models
-  (once per process, `fastface.likeness`) and the unit's reference; then every image is embedded
+  (once per process, `fastface.views.likeness`) and the unit's reference; then every image is embedded
   and compared. Any failure turns the readout off for the job with a note; the image is untouched.
 * `finish` (Script.postprocess): replaces the callable by the per-image list (the API's `info`
   JSON serialises the dict after the job; a callable would show as null).
@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import likeness
+from ..views import likeness
 from .common import log
 
 ID_KEY = "FastFace ID"

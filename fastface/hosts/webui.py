@@ -10,11 +10,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind,
-                      from_script_args, meta, validate)
+from ..config import FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind, meta
 from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
-from ..presets import PRESETS, apply_preset
-from . import preview
+from ..presets import PRESETS, apply_preset, from_script_args, validate
+from . import recording
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
 from . import readout
 
@@ -185,7 +184,7 @@ def process(p, *script_args) -> None:
         return
     host = host_for(p)
     job = Job(args=args, host=host.name, issues=issues, patches=PatchSet("FastFace job"))
-    preview.begin(job)
+    recording.begin(job)
     p.fastface_job = job
     params = job.infotext_params()
     p.extra_generation_params[INFOTEXT_KEY] = params[INFOTEXT_KEY]
@@ -206,7 +205,7 @@ def before_sampling(p, *script_args, **kwargs) -> None:
         host.start_pass(job, p)
     except Exception as exc:
         job.fail(f"{host.name} set-up", exc)
-    preview.start_pass(job, p)   # never raises: a preview problem only stops the recording
+    host.start_recording_pass(job, p)   # never raises: a preview problem only stops the recording
 
 
 def postprocess_image(p, pp, *args) -> None:
@@ -222,7 +221,7 @@ def postprocess(p, *args) -> None:
         return
     host_for(p).end_job(job, p)
     readout.finish(p)
-    preview.finish(job, p, args[0] if args else None)   # "Show face attention" extra images
+    recording.finish(job, p, args[0] if args else None)   # "Show face attention" extra images
     # The infotext has been written with the callables; the API's `info` JSON serialises this dict
     # later and would show null for them, so store the final values.
     final = job.infotext_params()

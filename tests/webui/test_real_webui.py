@@ -37,7 +37,7 @@ import pytest
 
 from fastface.config import PRESET_NAMES
 from fastface.presets import PRESETS
-from fastface.schedule import branches_needed
+from fastface.method.schedule import branches_needed
 
 URL = os.environ.get("FASTFACE_WEBUI_URL", "").rstrip("/")
 BASELINE_FILE = os.environ.get("FASTFACE_BASELINE_FILE", "")
@@ -262,7 +262,7 @@ def test_xyz_preset_axis_applies_per_cell():
 # -- "Show face attention" ------------------------------------------------------------------------
 # FASTFACE_UNIT_DIR: a folder with unit_<kind>.json ControlNet units (faceid, plus, plusv2, portrait,
 # plain), e.g. written by a script like the harness's payload maker; the tests below that need a
-# kind skip without its file. Sizes are those `fastface.attnpreview.preview_size` documents.
+# kind skip without its file. Sizes are those `fastface.views.attnpreview.preview_size` documents.
 UNIT_DIR = os.environ.get("FASTFACE_UNIT_DIR", "")
 
 
@@ -289,7 +289,7 @@ def unit_of(kind: str, faces: int = 1):
 
 def expected_preview_size(image_wh, steps, tokens, *, separate=0, groups=1, passes=1, panel=160):
     """attnpreview's documented layout: rows = 3 parts × (1 + separate tokens) per pass."""
-    from fastface import attnpreview as ap
+    from fastface.views import attnpreview as ap
 
     pw, ph = ap.panel_size(image_wh, panel)
     rows = 3 * (1 + separate) * passes
@@ -366,7 +366,7 @@ def test_other_faceid_adapters_every_preset(kind, faces, preset):
     assert len(on["images"]) == n + 1 and png_pixels(on["images"][0]) == png_pixels(off["images"][0])
     # sd-webui-controlnet merges several faces into one set of 16 Portrait tokens (ipadapter_impls.md
     # §3.2), so the preview shows one 4×4 mosaic; one mosaic per face is drawn where a host keeps
-    # 16 tokens per face (tests/test_attnmaps.py)
+    # 16 tokens per face (tests/views/test_attnmaps.py)
     tokens = 16 if kind == "portrait" else 4
     separate = 1 if kind == "plusv2" else 0
     groups = 1

@@ -1,0 +1,86 @@
+"""A1111: the entry points the script calls per pass and job."""
+from __future__ import annotations
+
+import functools
+
+from ..common import Job, PatchSet
+from .attention import install_attention
+from .controlnet import ip_adapters, is_faceid
+from .dcg import combine
+from .state import PassState
+
+
+def _install_row_counter(job: Job, p, patches: PatchSet) -> None:
+    unet = p.sd_model.model.diffusion_model
+
+    def count(_module, inputs):
+        st = job.current_pass
+        if st is not None and inputs and hasattr(inputs[0], "shape"):
+            job.count_unet_call(st.index, st.step, int(inputs[0].shape[0]))   # shape: Python ints
+
+    patches.on_undo(unet.register_forward_pre_hook(count).remove)
+
+
+# -- entry points called by the script ---------------------------------------------------------
+def start_pass(job: Job, p) -> None:
+    """process_before_every_sampling: patch this pass's sampler (the sampler exists already)."""
+    is_hires = bool(getattr(p, "is_hr_pass", False))
+    job.current_pass = None
+    if is_hires and not job.args.hires:
+        job.note("hires pass left to the WebUI (FastFace's hires option is off)")
+        return
+    sampler = getattr(p, "sampler", None)
+    den = getattr(sampler, "model_wrap_cfg", None)
+    if den is None or not hasattr(den, "combine_denoised") or not hasattr(sampler, "callback_state"):
+        job.note("this sampler has no CFG denoiser FastFace knows: FastFace is off for this pass")
+        return
+    patches = job.patches
+    adapters = ip_adapters(p)
+    face = any(is_faceid(a) for a in adapters)
+    if not face and job.passes == 0:
+        job.note("no FaceID unit in sd-webui-controlnet: DCG without the face branch, no attention transform")
+    st = PassState(index=job.passes, is_hires=is_hires, face=face, images=max(int(getattr(p, "batch_size", 1) or 1), 1),
+                   eps_output=type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
+    job.passes += 1
+    job.current_pass = st
+    job.layer_part = None
+
+    original_callback = sampler.callback_state
+
+    def callback_state(d):
+        st.on_callback(d.get("i", 0))
+        return original_callback(d)
+
+    patches.setattr(sampler, "callback_state", callback_state)
+    if st.eps_output and callable(getattr(sampler, "func", None)):
+        # A1111's DDIM / PLMS / UniPC loop over len(timesteps) − 1 steps, one fewer than the
+        # denoiser's `steps` (sd_samplers_timesteps_impl.py); read the real count from the call.
+        original_func = sampler.func
+
+        @functools.wraps(original_func)  # sample() inspects the signature for `timesteps`
+        def func(*a, **kw):
+            timesteps = kw.get("timesteps")
+            if timesteps is not None:
+                st.timestep_count = max(len(timesteps) - 1, 1)
+            return original_func(*a, **kw)
+
+        patches.setattr(sampler, "func", func)
+    patches.setattr(den, "_fastface_pass", (job, st))
+    if job.args.dcg:
+        original_combine = den.combine_denoised
+        patches.setattr(den, "combine_denoised",
+                        lambda x_out, conds_list, uncond, cond_scale: combine(job, st, original_combine, x_out, conds_list, uncond, cond_scale))
+    # Once per job: the class patch (also needed by DCG alone, whose row count changes between
+    # steps and would break ControlNet's k/v cache) and the hooks.
+    if "attention" not in job.installed and adapters:
+        job.installed.add("attention")
+        install_attention(job, p, patches, transform_layers=face and job.args.am_mode != "off")
+    if "rows" not in job.installed:
+        job.installed.add("rows")
+        _install_row_counter(job, p, patches)
+
+
+def end_job(job: Job, p) -> None:
+    job.current_pass = None
+    if job.patches is not None:
+        job.patches.undo()

@@ -1,0 +1,180 @@
+"""Forge DCG: the id-only rows (negative text + face) ride inside Forge's own UNet call.
+
+On a step that needs them, the pre-CFG function (`dcg`) picks a plan (`id_plan`) and the
+`model_function_wrapper` installed here carries it out inside `calc_cond_uncond_batch`: the
+negative rows relabelled COND (two branches), or a COND copy of them appended (three branches).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ...method.schedule import branches_needed
+from ..common import Job
+from .state import ForgePass
+
+# How the id-only branch (negative text + face) reaches the UNet on a step, decided per model call
+# by the pre-CFG function and carried out by the `model_function_wrapper` inside Forge's own
+# `calc_cond_uncond_batch` (sampling_function.py L270-271; Gen1 samplers.py L282-291):
+ID_IN_UNCOND = "id-only rows in the uncond slot"   # two branches: the negative rows are relabelled COND
+ID_APPENDED = "id-only rows appended"              # three branches: a COND copy of the negative rows
+COND, UNCOND = 0, 1                                # calc_cond_uncond_batch's chunk labels (L161-162)
+ID_ONLY = 2                                        # FastFace's own label for id-only chunks
+CHUNKS_KEY = "fastface_chunks"                     # transformer option: the chunks' real labels
+# Why relabel rather than force the face onto UNCOND rows in FastFace's attn2 wrapper: the face
+# stays Forge's own IP-Adapter code (also with AM off, for every adapter and weight type), and
+# everything else inside the UNet that reads the labels sees what a separate COND call would show
+# it, so the values equal the separate call's exactly.
+CN_WEIGHTINGS = ("positive_advanced_weighting", "negative_advanced_weighting", "advanced_frame_weighting",
+                 "advanced_sigma_weighting", "advanced_mask_weighting")  # backend/patcher/controlnet.py L87-91
+
+
+def ours(fn) -> bool:
+    return bool(getattr(fn, "_fastface", False))
+
+
+def _batchable(uncond) -> bool:
+    """One plain negative entry (no area, mask or strength): its chunk's output is the uncond
+    prediction itself (calc_cond_uncond_batch divides by a count of 1 + 1e-37 = 1), so a copy of
+    the chunk labelled COND gives exactly what a separate COND call would."""
+    if not isinstance(uncond, (list, tuple)) or len(uncond) != 1 or not isinstance(uncond[0], dict):
+        return False
+    entry = uncond[0]
+    return not any(k in entry for k in ("area", "mask")) and entry.get("strength", 1.0) == 1.0
+
+
+def id_plan(job: Job, st: ForgePass, uncond_, droppable: bool) -> Optional[str]:
+    """How this step's id-only rows ride in Forge's own call (None: no id-only rows are needed,
+    there is no face, or they take a separate call)."""
+    need = branches_needed(st.step, st.total, job.args)
+    if not (need.id_only and st.face and st.batched and uncond_ is not None and _batchable(uncond_)):
+        return None
+    return ID_IN_UNCOND if droppable else ID_APPENDED
+
+
+def _relabelled(args) -> dict:
+    """The wrapper's arguments with every chunk labelled COND: the IP-Adapter (and anything else
+    that reads the labels inside the UNet) gives the negative rows the face, as in the authors'
+    ε(∅, c_id). `calc_cond_uncond_batch` still files the output under its own (UNCOND) labels."""
+    c = dict(args["c"])
+    options = dict(c.get("transformer_options") or {})
+    labels = [COND] * len(args["cond_or_uncond"])
+    options["cond_or_uncond"] = labels
+    options[CHUNKS_KEY] = list(args["cond_or_uncond"])   # what each chunk really is (the preview reads it)
+    if isinstance(options.get("cond_mark"), torch.Tensor):    # per-row 0/1 (L256): all cond now
+        options["cond_mark"] = torch.zeros_like(options["cond_mark"])
+    if "cond_indices" in options:                            # L257
+        options["cond_indices"] = sorted(list(options["cond_indices"]) + list(options.get("uncond_indices") or []))
+        options["uncond_indices"] = []
+    c["transformer_options"] = options
+    return dict(args, c=c, cond_or_uncond=labels)
+
+
+def _append_rows(value, rows: int, start: int, stop: int):
+    """`value` with rows [start, stop) repeated at the end, for every per-row tensor in it
+    (c_crossattn, y, c_concat, the ControlNet signals); anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0 and value.shape[0] == rows:
+            return torch.cat([value, value[start:stop]])
+        return value
+    if isinstance(value, dict):
+        return {k: _append_rows(v, rows, start, stop) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_append_rows(v, rows, start, stop) for v in value)
+    return value
+
+
+def _with_id_rows(args) -> tuple[dict, int]:
+    """The wrapper's arguments plus one chunk: a copy of the negative (UNCOND) chunk labelled
+    COND, i.e. the id-only rows. Returns (new args, rows of the original call)."""
+    labels = list(args["cond_or_uncond"])
+    x = args["input"]
+    rows = x.shape[0]
+    per_chunk = rows // len(labels)
+    start = labels.index(UNCOND) * per_chunk
+    stop = start + per_chunk
+    c = {}
+    for key, value in args["c"].items():
+        if key in ("transformer_options", "control_model"):
+            c[key] = value
+        else:
+            c[key] = _append_rows(value, rows, start, stop)
+    options = dict(c.get("transformer_options") or {})
+    options["cond_or_uncond"] = labels + [COND]
+    options[CHUNKS_KEY] = labels + [ID_ONLY]
+    mark = options.get("cond_mark")
+    if isinstance(mark, torch.Tensor):
+        options["cond_mark"] = torch.cat([mark, torch.zeros_like(mark[start:stop])])
+    if "cond_indices" in options:
+        options["cond_indices"] = list(options["cond_indices"]) + list(range(rows, rows + per_chunk))
+    c["transformer_options"] = options
+    new = dict(args, input=torch.cat([x, x[start:stop]]),
+               timestep=_append_rows(args["timestep"], rows, start, stop), c=c,
+               cond_or_uncond=labels + [COND])
+    return new, rows
+
+
+def _make_unet_wrapper(job: Job, st: ForgePass):
+    """Forge's `model_function_wrapper`: on steps with a plan, the id-only rows join the call that
+    carries the negative chunk; otherwise (and for every other call, e.g. SAG's or PAG's extra
+    passes after the cfg function) the call is passed on untouched."""
+    def fastface_unet_wrapper(apply_model, args):
+        prior = st.prior_wrapper
+
+        def run(call_args):
+            if prior is not None:
+                return prior(apply_model, call_args)
+            return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
+
+        plan = st.plan
+        if plan is None or not job.active or job.current_pass is not st or UNCOND not in args["cond_or_uncond"]:
+            return run(args)
+        try:
+            if plan == ID_IN_UNCOND:
+                out = run(_relabelled(args))
+                st.id_x0 = True          # the uncond prediction of this step is ε_id
+                return out
+            new, rows = _with_id_rows(args)
+            out = run(new)
+            st.id_x0 = out[rows:]
+            return out[:rows]
+        except Exception as exc:   # e.g. out of memory with the extra rows: Forge's own call
+            st.plan = None
+            job.fail("Forge UNet wrapper", exc)
+            return run(args)
+    fastface_unet_wrapper._fastface = True
+    return fastface_unet_wrapper
+
+
+def _cn_weighting(unet) -> Optional[str]:
+    """A ControlNet unit that weights cond and uncond rows differently ("My prompt / ControlNet is
+    more important", backend/patcher/controlnet.py L87-138): its signal for the negative rows is
+    computed before the wrapper runs, so id-only rows batched with them would get the uncond
+    weighting. Such jobs keep the separate id-only call."""
+    cnet, seen = getattr(unet, "controlnet_linked_list", None), 0
+    while cnet is not None and seen < 64:
+        if any(getattr(cnet, attr, None) is not None for attr in CN_WEIGHTINGS):
+            return type(cnet).__name__
+        cnet, seen = getattr(cnet, "previous_controlnet", None), seen + 1
+    return None
+
+
+def install_batching(job: Job, st: ForgePass, unet) -> None:
+    """The id-only rows ride in Forge's own UNet call through `model_function_wrapper` (chained
+    after another extension's wrapper, e.g. MultiDiffusion's)."""
+    options = unet.model_options
+    weighted = _cn_weighting(unet)
+    if weighted is not None:
+        job.note("a ControlNet unit weights cond and uncond differently: the id-only branch takes its own UNet call")
+        return
+    prior = options.get("model_function_wrapper")
+    while prior is not None and ours(prior):
+        prior = getattr(prior, "_fastface_prior", None)
+    st.prior_wrapper = prior
+    wrapper = _make_unet_wrapper(job, st)
+    wrapper._fastface_prior = prior
+    options["model_function_wrapper"] = wrapper   # UnetPatcher.set_model_unet_function_wrapper (base.py L146-147)
+    st.batched = True
+
+

@@ -1,0 +1,161 @@
+"""Forge DCG: the conditioning stash, the pre-CFG plan of each model call, the cfg function that
+returns x − `dcg_x0(...)`, and their install on the pass's UNet clone."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ...method.guidance import dcg_x0
+from ...method.schedule import alpha_beta, branches_needed, rescale_phi
+from ..common import Job
+from .batching import ID_APPENDED, ID_IN_UNCOND, id_plan, install_batching, ours
+from .state import ForgePass
+
+STASH_KEY = "fastface_uncond"          # model_options key: the step's compiled negative conditioning
+RAN_KEY = "fastface_uncond_ran"        # model_options key: the uncond rows were evaluated this step
+
+
+def _stock_cfg(args) -> torch.Tensor:
+    """What `sampling_function_inner` does without a cfg function, in its "x − denoised" form."""
+    return args["uncond"] + (args["cond"] - args["uncond"]) * args["cond_scale"]
+
+
+def _make_stash(job: Job, st: ForgePass):
+    def stash(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        if uncond is not None:
+            model_options = {**model_options, STASH_KEY: uncond}
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+    stash._fastface = True
+    return stash
+
+
+def _uncond_droppable(job: Job, st: ForgePass, model_options) -> bool:
+    """No uncond rows this step: DCG does not read them, and no one else might."""
+    need = branches_needed(st.step, st.total, job.args)
+    if need.uncond or (need.id_only and not st.face):   # without a face, id-only = uncond
+        return False
+    return st.prior_cfg is None and not model_options.get("sampler_post_cfg_function")
+
+
+def unet_calls_per_evaluation(step: int, total: int, args, *, face: bool = True, batched: bool = True) -> int:
+    """UNet calls Forge makes for one model evaluation of `step` with FastFace on (the numbers the
+    README documents; a second-order sampler evaluates most steps twice). One when the id-only rows
+    ride in Forge's own call (or are not needed); two when they need their own call: a ControlNet
+    unit with cond/uncond weighting, or Forge's free-memory check splitting the batch (Forge's
+    own choice, not counted here)."""
+    need = branches_needed(step, total, args)
+    return 2 if (args.enabled and args.dcg and face and need.id_only and not batched) else 1
+
+
+def _make_pre_cfg(job: Job, st: ForgePass):
+    def pre_cfg(*args):
+        if len(args) == 1 and isinstance(args[0], dict):  # ComfyUI-style hook (after evaluation)
+            return args[0].get("conds_out")
+        model, cond, uncond_, x, timestep, model_options = args
+        st.plan, st.id_x0 = None, None
+        try:
+            if job.active and job.current_pass is st:
+                droppable = uncond_ is not None and _uncond_droppable(job, st, model_options)
+                st.plan = id_plan(job, st, uncond_, droppable)
+                if droppable and st.plan is None:
+                    uncond_ = None
+                if len(cond) > 1:
+                    job.note("AND prompts: DCG uses Forge's weighted average of the sub-prompts as the full branch")
+                # RAN: the uncond slot holds a real negative prediction (not the id-only rows)
+                model_options = {**model_options, RAN_KEY: uncond_ is not None and st.plan != ID_IN_UNCOND}
+        except Exception as exc:
+            st.plan = None
+            job.fail("Forge pre-CFG", exc)
+        return model, cond, uncond_, x, timestep, model_options
+    pre_cfg._fastface = True
+    return pre_cfg
+
+
+def _dcg(job: Job, st: ForgePass, args, plan: Optional[str], id_x0) -> torch.Tensor:
+    x, sigma, model, options = args["input"], args["sigma"], args["model"], args["model_options"]
+    step, total, fa = st.step, st.total, job.args
+    need = branches_needed(step, total, fa)
+    alpha, beta = alpha_beta(step, total, fa)
+    phi = rescale_phi(step, total, fa)
+    negative = options.get(STASH_KEY)
+    uncond_ran = bool(options.get(RAN_KEY, negative is not None))
+    full = args["cond_denoised"]
+    uncond = args["uncond_denoised"] if uncond_ran else full
+    if need.uncond and not uncond_ran:
+        job.note("no negative prediction on some steps: DCG used α = 1 there")
+        alpha = 1.0
+    if alpha != beta or phi > 0:   # the id-only branch has a weight or feeds the rescale
+        if plan == ID_IN_UNCOND and id_x0 is True:
+            id_only = args["uncond_denoised"]     # the relabelled negative rows: ε(∅, c_id)
+        elif plan == ID_APPENDED and isinstance(id_x0, torch.Tensor):
+            id_only = id_x0
+        elif not st.face and uncond_ran:
+            id_only = uncond      # no FaceID unit: negative text alone is the id-only branch
+        elif negative is not None and st.calc is not None:
+            if plan is not None:
+                job.note("the id-only rows could not join Forge's batch (another UNet wrapper?): one more UNet call per step")
+            # the negative conditioning in the *cond* slot: labelled COND, so the IP-Adapter
+            # gives these rows the face embedding (the authors' ε(∅, c_id))
+            id_only, _ = st.calc(model, negative, None, x, sigma, options)
+        else:
+            raise RuntimeError("the negative conditioning of this step is not available")
+    else:
+        id_only = full
+    denoised = dcg_x0(x, sigma, uncond, id_only, full, alpha, beta, phi)
+    if st.prior_cfg is not None:
+        scale = float(args["cond_scale"])   # a Python number (CFGDenoiser's cond_scale)
+        if uncond_ran and scale != 0.0:
+            # the other function sees cond' with u + s·(cond' − u) = DCG: it works on top of DCG
+            cond_eff = uncond + (denoised - uncond) / scale
+            chained = dict(args, cond_denoised=cond_eff, cond=x - cond_eff)
+            return st.prior_cfg(chained)
+        job.note("the other cfg function was skipped on steps without a negative prediction")
+    return x - denoised
+
+
+def _make_cfg(job: Job, st: ForgePass):
+    def fastface_cfg(args):
+        prior = st.prior_cfg
+        plan, id_x0 = st.plan, st.id_x0
+        st.plan, st.id_x0 = None, None   # later calls of this step (post-cfg passes) are not ours
+        if job.active and job.current_pass is st:
+            try:
+                return _dcg(job, st, args, plan, id_x0)
+            except Exception as exc:
+                job.fail("Forge DCG", exc)
+        return prior(args) if prior is not None else _stock_cfg(args)
+    fastface_cfg._fastface = True
+    fastface_cfg._fastface_prior = st.prior_cfg
+    return fastface_cfg
+
+
+def _without_ours(options, key: str) -> None:
+    if isinstance(options.get(key), list):
+        options[key] = [fn for fn in options[key] if not ours(fn)]
+
+
+def install_dcg(job: Job, p, st: ForgePass, unet) -> bool:
+    options = unet.model_options
+    for key in ("conditioning_modifiers", "sampler_pre_cfg_function"):
+        _without_ours(options, key)   # a clone of FastFace's own earlier clone (hires restart)
+    prior = options.get("sampler_cfg_function")
+    while prior is not None and ours(prior):
+        prior = getattr(prior, "_fastface_prior", None)
+    if prior is not None:
+        owner = getattr(prior, "__qualname__", type(prior).__name__)
+        job.note(f"another extension's cfg function ({owner}) is chained after DCG")
+    st.prior_cfg = prior
+    if not hasattr(unet, "add_conditioning_modifier") or not hasattr(unet, "set_model_sampler_cfg_function"):
+        job.note("this Forge has no conditioning modifiers or cfg function: DCG is off")
+        return False
+    unet.add_conditioning_modifier(_make_stash(job, st))
+    add_pre = getattr(unet, "add_sampler_pre_cfg_function", None) or getattr(unet, "set_model_sampler_pre_cfg_function", None)
+    if add_pre is not None:
+        add_pre(_make_pre_cfg(job, st))
+        if st.face:
+            install_batching(job, st, unet)
+    unet.set_model_sampler_cfg_function(_make_cfg(job, st), disable_cfg1_optimization=True)
+    unet.model_options["disable_cfg1_optimization"] = True
+    return True
+

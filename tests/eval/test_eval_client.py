@@ -1,0 +1,36 @@
+"""fastface.eval.client: the ID readout of an infotext, the server check, a server's own unit."""
+from eval_support import write_config
+from fastface.eval.client import readout_from_infotext
+from fastface.eval.config import ServerError
+from fastface.eval.run import main
+
+
+def test_readout_parsing():
+    assert readout_from_infotext("p\nSteps: 4, FastFace ID: 0.634, Seed: 1") == (0.634, True)
+    assert readout_from_infotext("p\nSteps: 4, FastFace ID: no face") == (None, False)
+    assert readout_from_infotext("p\nSteps: 4, FastFace: \"preset=Off\"") == (None, None)
+
+
+def test_unreachable_server_is_one_clear_line(workspace, capsys):
+    cfg = write_config(workspace, ["http://127.0.0.1:9"])
+    assert main(["--config", cfg]) == ServerError.code
+    err = capsys.readouterr().err
+    assert "no usable server" in err and "Traceback" not in err
+
+
+def test_server_without_fastface_or_controlnet_is_refused(workspace, servers, capsys):
+    a = servers(scripts=("controlnet",))
+    assert main(["--config", write_config(workspace, [a])]) == ServerError.code
+    assert "does not have the FastFace extension" in capsys.readouterr().out
+
+
+def test_a_server_can_have_its_own_unit(workspace, servers):
+    a, b = servers(name="A"), servers(name="B")
+    forge_unit = {"module": "InsightFace+CLIP-H (IPAdapter)", "model": "ip-adapter-faceid-plusv2_sd15"}
+    cfg = write_config(workspace, [a, {"url": b.url, "unit": forge_unit, "controlnet_key": "ControlNet"}])
+    assert main(["--config", cfg]) == 0
+    assert a.requests and b.requests
+    assert {q["alwayson_scripts"]["controlnet"]["args"][0]["model"] for q in a.requests} == {"ip-adapter-faceid_sd15"}
+    units = [q["alwayson_scripts"]["ControlNet"]["args"][0] for q in b.requests]
+    assert {u["module"] for u in units} == {forge_unit["module"]} and all(u["weight"] == 0.7 for u in units)
+
