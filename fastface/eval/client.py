@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional, Sequence
 
-from .config import Config
+from .config import Config, variant_of
 from .grid import Job
 
 ID_KEY = "FastFace ID"
@@ -30,7 +30,7 @@ def build_payload(cfg: Config, job: Job, photos: Sequence[str], server: Optional
         unit["input_mode"] = "merge"
     else:
         unit["image"] = b64_file(photos[0])
-    fastface = {**cfg.fastface, "enabled": True, "preset": job.preset}
+    fastface = {**cfg.fastface, **variant_of(cfg, job.preset).fields, "enabled": True}
     if cfg.face_models is None:
         fastface["readout"] = True
     payload = {

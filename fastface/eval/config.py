@@ -8,9 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import PRESET_NAMES
-
-BASELINE = "Off"
+from .variants import BASELINE, Variant, build_variants
 
 
 class EvalError(Exception):
@@ -36,7 +34,8 @@ class Config:
     output: str
     unit: dict
     server_overrides: dict = field(default_factory=dict)   # url → {"unit": {...}, "controlnet_key": ...}
-    presets: list[str] = field(default_factory=lambda: [BASELINE, "Realistic"])
+    presets: list[str] = field(default_factory=lambda: [BASELINE, "Realistic"])   # the variants' labels, in order
+    variants: list[Variant] = field(default_factory=list)   # what each label sends (fastface.eval.variants)
     seeds: list[int] = field(default_factory=lambda: [50])
     steps: int = 4
     width: int = 1024
@@ -55,6 +54,7 @@ class Config:
     payload: dict = field(default_factory=dict)    # extra top-level txt2img fields
     face_models: Optional[str] = None   # compute the ID here instead of reading the server's readout
     clip_model: Optional[str] = None    # local CLIP ViT-L/14 folder (transformers layout) for CLIP-T
+    aesthetic_model: Optional[str] = None   # local LAION aesthetic predictor weights (AE), on clip_model's embeddings
     timeout: float = 900.0
     attempts: int = 2                # tries per image before it is recorded as failed
     bootstrap: int = 2000
@@ -67,7 +67,7 @@ _FIELD_TYPES = {"servers": list, "identities": str, "prompts": str, "output": st
                 "cfg_scale": float, "sampler": str, "scheduler": str, "checkpoint": str,
                 "negative_prompt": str, "prompt_suffix": str, "lowercase_prompts": bool,
                 "controlnet_key": str, "merge_photos": bool, "fastface": dict, "payload": dict,
-                "face_models": str, "clip_model": str, "timeout": float, "attempts": int, "bootstrap": int,
+                "face_models": str, "clip_model": str, "aesthetic_model": str, "sweep": dict, "timeout": float, "attempts": int, "bootstrap": int,
                 "sheet_prompt": int, "sheet_seed": int, "server": str}
 REQUIRED = ("identities", "prompts", "output", "unit")
 
@@ -170,19 +170,10 @@ def load_config(path: str) -> Config:
     cfg.face_models = path_field("face_models", True, "dir")
     cfg.clip_model = data.get("clip_model") and os.path.normpath(os.path.join(base, os.path.expanduser(data["clip_model"])))
 
-    if "presets" in data:
-        presets = []
-        for name in data["presets"]:
-            match = [p for p in PRESET_NAMES if isinstance(name, str) and p.lower() == name.strip().lower()]
-            if not match:
-                raise bad("presets", f"{name!r} is not a preset (choose from {', '.join(PRESET_NAMES)})")
-            if match[0] not in presets:
-                presets.append(match[0])
-        if not presets:
-            raise bad("presets", "empty")
-        cfg.presets = presets
-    if BASELINE not in cfg.presets:
-        cfg.presets.insert(0, BASELINE)  # Δ is measured against it
+    cfg.aesthetic_model = path_field("aesthetic_model", True, "file")
+    cfg.variants = build_variants(data.get("presets"), data.get("sweep"), cfg.fastface,
+                                  lambda why: bad("presets", why), lambda why: bad("sweep", why))
+    cfg.presets = [v.label for v in cfg.variants]
     if "seeds" in data:
         if not data["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in data["seeds"]):
             raise bad("seeds", "a non-empty list of non-negative integers")
@@ -200,3 +191,11 @@ def load_config(path: str) -> Config:
     if os.path.realpath(cfg.output) in (os.path.realpath(base), os.path.realpath(cfg.identities)):
         raise bad("output", "use a folder of its own (everything the command writes goes there)")
     return cfg
+
+
+def variant_of(cfg: Config, label: str) -> Variant:
+    """The variant a job's label names (a bare preset name when the config was built by hand)."""
+    for variant in cfg.variants:
+        if variant.label == label:
+            return variant
+    return Variant(label=label, setting=f"preset={label}", fields={"preset": label})

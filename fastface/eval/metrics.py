@@ -1,6 +1,7 @@
 """Scores computed here rather than read from the server: the face ID from a local insightface
-pack (`face_models`, through fastface.views.likeness) and CLIP-T from a local CLIP folder
-(`clip_model`, through transformers); both imported only when the config asks for them."""
+pack (`face_models`, through fastface.views.likeness), CLIP-T from a local CLIP folder
+(`clip_model`, through transformers) and AE, the LAION aesthetic predictor on that CLIP's image
+embedding (`aesthetic_model`); each imported only when the config asks for it."""
 from __future__ import annotations
 
 import os
@@ -23,6 +24,13 @@ class ClipScorer:
         self.model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
         self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
 
+    def image_embedding(self, image):
+        """The image's CLIP embedding, L2-normalised, (1, 768) for ViT-L/14."""
+        with self.torch.no_grad():
+            pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"]
+            img = self.model.get_image_features(pixel_values=pixels)
+            return img / img.norm(dim=-1, keepdim=True)
+
     def __call__(self, image, prompt: str) -> float:
         with self.torch.no_grad():
             batch = self.processor(text=[prompt], images=[image], return_tensors="pt", padding=True, truncation=True)
@@ -42,6 +50,73 @@ def load_clip(cfg: Config) -> tuple[Optional[Callable], str]:
         return ClipScorer(cfg.clip_model), f"CLIP ViT-L/14 from {cfg.clip_model}"
     except Exception as exc:
         return None, f"not computed: the CLIP model in {cfg.clip_model} did not load ({type(exc).__name__}: {exc})"
+
+
+# -- AE, the paper's aesthetic score (optional) ---------------------------------------------------------------
+# The LAION aesthetic predictor ("improved-aesthetic-predictor", e.g. sac+logos+ava1-l14-linearMSE.pth):
+# an MLP on the L2-normalised CLIP ViT-L/14 image embedding. Its state dict, and the layers the keys
+# index (dropout between the first four linears, no activation):
+AESTHETIC_LAYERS = {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64, 128),
+                    "layers.6": (16, 64), "layers.7": (1, 16)}
+_DROPOUT_AFTER = {0: 0.2, 2: 0.2, 4: 0.1}
+
+
+def aesthetic_mlp(state: dict):
+    """The predictor as a torch module, from a state dict of the real key layout (checked)."""
+    import torch
+
+    expected = {f"{prefix}.{kind}" for prefix in AESTHETIC_LAYERS for kind in ("weight", "bias")}
+    keys = {k.removeprefix("module.") for k in state}
+    if keys != expected:
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
+        raise ValueError(f"not the LAION aesthetic predictor's layout (missing {missing[:3]}, unexpected {extra[:3]})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    modules = []
+    for index in range(8):
+        shape = AESTHETIC_LAYERS.get(f"layers.{index}")
+        if shape is not None:
+            modules.append(torch.nn.Linear(shape[1], shape[0]))
+        else:
+            modules.append(torch.nn.Dropout(_DROPOUT_AFTER[index - 1]))
+    mlp = torch.nn.Module()
+    mlp.layers = torch.nn.Sequential(*modules)
+    for key, value in state.items():
+        prefix, kind = key.rsplit(".", 1)
+        shape = AESTHETIC_LAYERS[prefix] if kind == "weight" else AESTHETIC_LAYERS[prefix][:1]
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{key} has shape {tuple(value.shape)}, not {shape}")
+    mlp.load_state_dict(state)
+    return mlp.eval()
+
+
+class AestheticScorer:
+    """AE of an image: the aesthetic predictor on its CLIP embedding (the CLIP-T model's)."""
+
+    def __init__(self, path: str, clip: ClipScorer):
+        import torch
+
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        self.mlp, self.clip, self.torch = aesthetic_mlp(state), clip, torch
+
+    def __call__(self, image) -> float:
+        with self.torch.no_grad():
+            embedding = self.clip.image_embedding(image)
+            return float(self.mlp.layers(embedding.to(self.mlp.layers[0].weight.dtype)).squeeze())
+
+
+def load_aesthetic(cfg: Config, clip: Optional[Callable]) -> tuple[Optional[Callable], str]:
+    if not cfg.aesthetic_model:
+        return None, "not computed (set aesthetic_model to local LAION aesthetic predictor weights, with clip_model)"
+    if not isinstance(clip, ClipScorer):
+        return None, "not computed: the aesthetic predictor scores CLIP ViT-L/14 embeddings; set clip_model too"
+    try:
+        return AestheticScorer(cfg.aesthetic_model, clip), f"LAION aesthetic predictor {cfg.aesthetic_model}"
+    except Exception as exc:
+        return None, f"not computed: {cfg.aesthetic_model} did not load ({type(exc).__name__}: {exc})"
 
 
 # -- the face ID (optional) ---------------------------------------------------------------------------------

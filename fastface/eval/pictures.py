@@ -114,3 +114,63 @@ def contact_sheet(rows: Sequence[dict], identities: dict, presets: Sequence[str]
                 draw.rectangle([x0 + 4, y0 + 4, x0 + cell - 4, y0 + cell - 4], outline=(200, 200, 200))
             draw.text((x0 + 6, y0 + cell + 6), text, fill="black", font=font)
     img.save(path)
+
+
+def pareto_chart(summary: dict, path: str) -> bool:
+    """pareto.png: mean ID (y) against CLIP-T, else AE (x), each with its 95 % interval; the
+    Pareto front joined and drawn in red. Not drawn (False) when neither metric was computed."""
+    from PIL import Image, ImageDraw
+
+    pareto = summary.get("pareto") or {}
+    metric = pareto.get("metric")
+    if metric is None:
+        return False
+    stats = summary["presets"]
+    points = {k: s for k, s in stats.items() if s["mean_id"] is not None and s.get(metric) is not None}
+    front = [k for k in (pareto.get("fronts") or {}).get("all", []) if k in points]
+    width, height, left, right, top, bottom = 760, 560, 80, 30, 50, 70
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(16), _font(12)
+    name = {"clip_t": "CLIP-T", "ae": "AE"}[metric]
+    draw.text((left, 12), f"Mean ID against {name} per variant (95% bootstrap CI); red: the Pareto front",
+              fill="black", font=font)
+    xs = [v for s in points.values() for v in [s[metric]] + list(s.get(metric + "_ci95") or [])]
+    ys = [v for s in points.values() for v in [s["mean_id"]] + list(s["ci95"] or [])]
+    if not xs:
+        img.save(path)
+        return True
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = min(ys), max(ys)
+    x_pad, y_pad = max(x_hi - x_lo, 1e-3) * 0.08, max(y_hi - y_lo, 1e-3) * 0.08
+    x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo - y_pad, y_hi + y_pad
+
+    def px(v: float) -> float:
+        return left + (width - left - right) * (v - x_lo) / (x_hi - x_lo)
+
+    def py(v: float) -> float:
+        return top + (height - top - bottom) * (1 - (v - y_lo) / (y_hi - y_lo))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        xv, yv = x_lo + frac * (x_hi - x_lo), y_lo + frac * (y_hi - y_lo)
+        draw.text((px(xv) - 18, height - bottom + 6), f"{xv:.3f}", fill="black", font=small)
+        draw.text((8, py(yv) - 7), f"{yv:.3f}", fill="black", font=small)
+    draw.text(((width - len(name) * 7) // 2, height - 30), name, fill="black", font=font)
+    draw.text((8, top - 22), "mean ID", fill="black", font=small)
+    line = [(px(points[k][metric]), py(points[k]["mean_id"])) for k in front]
+    if len(line) > 1:
+        draw.line(line, fill=(210, 60, 50), width=2)
+    for label, s in points.items():
+        x, y = px(s[metric]), py(s["mean_id"])
+        color = (210, 60, 50) if label in front else ((150, 150, 150) if label == BASELINE else (60, 110, 200))
+        if s.get(metric + "_ci95"):
+            lo, hi = s[metric + "_ci95"]
+            draw.line([(px(lo), y), (px(hi), y)], fill=color, width=1)
+        if s["ci95"]:
+            lo, hi = s["ci95"]
+            draw.line([(x, py(lo)), (x, py(hi))], fill=color, width=1)
+        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color)
+        draw.text((x + 7, y - 16), label[:40], fill=color, font=small)
+    img.save(path)
+    return True

@@ -9,7 +9,7 @@ import threading
 from .config import EvalError
 
 CSV_FIELDS = ("identity", "prompt_index", "prompt", "category", "preset", "seed", "id", "face_found",
-              "seconds", "server", "file", "clip_t")
+              "seconds", "server", "file", "clip_t", "ae")
 
 
 def read_rows(path: str) -> list[dict]:
@@ -26,6 +26,22 @@ def row_key(row: dict) -> tuple:
     return (row["identity"], int(row["prompt_index"]), row["preset"], int(row["seed"]))
 
 
+def _upgrade_header(path: str) -> None:
+    """A results.csv of an older version (fewer columns) rewritten with today's, its rows kept, so
+    that appended rows line up (written beside it, then moved over it)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    if tuple(header) == CSV_FIELDS:
+        return
+    rows = read_rows(path)
+    tmp = path + ".upgrade"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 class ResultsFile:
     """results.csv, appended and flushed one row at a time (a crash loses at most the row in hand)."""
 
@@ -33,6 +49,8 @@ class ResultsFile:
         self.path = path
         self.lock = threading.Lock()
         new = not os.path.isfile(path) or os.path.getsize(path) == 0
+        if not new:
+            _upgrade_header(path)
         self.fh = open(path, "a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if new:

@@ -12,15 +12,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .client import RequestFailed, Unreachable, build_payload, check_server, generate, readout_from_infotext
 from .config import Config, EvalError, ServerError, load_config
 from .grid import Job, inside, make_jobs, read_identities, read_prompts
-from .metrics import face_id, load_clip, load_face_model
-from .pictures import bar_chart, contact_sheet
+from .metrics import face_id, load_aesthetic, load_clip, load_face_model
+from .pictures import bar_chart, contact_sheet, pareto_chart
 from .results import ResultsFile, read_rows, row_key
 from .stats import summarize, summary_markdown
+
+
+class NotConfirmed(EvalError):
+    code = 5
 
 
 @dataclass
@@ -52,11 +56,31 @@ def _progress(total: int, initial: int):
         return Plain()
 
 
-def run(cfg: Config, out=print) -> dict:
-    """Generate what is missing, then write the summary and the pictures. Returns the summary."""
+def plan(cfg: Config) -> tuple[dict, list, list[Job], str]:
+    """(identities, prompts, every job of the grid, the line that sizes it); reads, writes nothing."""
     identities = read_identities(cfg.identities)
     prompts = read_prompts(cfg.prompts, cfg.lowercase_prompts)
     jobs = make_jobs(identities, prompts, cfg.presets, cfg.seeds)
+    line = (f"fastface-eval: {len(jobs)} images ({len(identities)} identities × {len(prompts)} prompts × "
+            f"{len(cfg.presets)} {'presets' if all(v.label == v.fields.get('preset') for v in cfg.variants) else 'variants'}"
+            f" × {len(cfg.seeds)} seeds)")
+    return identities, prompts, jobs, line
+
+
+def dry_run(cfg: Config, out=print) -> int:
+    """`--dry-run`: the variants (their infotext values) and the job count; no server, no file."""
+    _, _, jobs, line = plan(cfg)
+    out(line)
+    for variant in cfg.variants:
+        out(f"variant: {variant.setting}")
+    out(f"jobs: {len(jobs)}")
+    return len(jobs)
+
+
+def run(cfg: Config, out=print, confirm: Optional[Callable[[int], bool]] = None) -> dict:
+    """Generate what is missing, then write the summary and the pictures. Returns the summary.
+    `confirm(n)` (the command line's prompt) may stop the run before the n missing images are made."""
+    identities, prompts, jobs, line = plan(cfg)
     os.makedirs(cfg.output, exist_ok=True)
     results_path = inside(cfg.output, "results.csv")
     earlier = read_rows(results_path)
@@ -68,8 +92,9 @@ def run(cfg: Config, out=print) -> dict:
         except (KeyError, ValueError, EvalError):
             continue
     todo = [j for j in jobs if j.key not in done]
-    out(f"fastface-eval: {len(jobs)} images ({len(identities)} identities × {len(prompts)} prompts × "
-        f"{len(cfg.presets)} presets × {len(cfg.seeds)} seeds); {len(jobs) - len(todo)} already on disk")
+    out(f"{line}; {len(jobs) - len(todo)} already on disk")
+    if todo and confirm is not None and not confirm(len(todo)):
+        raise NotConfirmed(f"nothing generated ({len(todo)} images not confirmed; --yes skips the question)")
 
     face_model = None
     references: dict = {}
@@ -77,10 +102,13 @@ def run(cfg: Config, out=print) -> dict:
         face_model, references = load_face_model(cfg, identities)
     if todo:
         clip, clip_note = load_clip(cfg)
-    else:  # nothing to generate: the CSV holds whatever CLIP-T earlier runs computed
-        clip = None
+        aesthetic, ae_note = load_aesthetic(cfg, clip)
+    else:  # nothing to generate: the CSV holds whatever CLIP-T and AE earlier runs computed
+        clip = aesthetic = None
         clip_note = (f"CLIP ViT-L/14 from {cfg.clip_model}" if cfg.clip_model
                      else "not computed (set clip_model to a local CLIP ViT-L/14 folder to add it)")
+        ae_note = (f"LAION aesthetic predictor {cfg.aesthetic_model}" if cfg.aesthetic_model and cfg.clip_model
+                   else "not computed (set aesthetic_model to local LAION aesthetic predictor weights, with clip_model)")
 
     if todo:
         servers = []
@@ -92,14 +120,15 @@ def run(cfg: Config, out=print) -> dict:
                 servers.append(server)
         if not servers:
             raise ServerError("no usable server (" + ", ".join(cfg.servers) + "); nothing was generated")
-        failed = _generate_all(cfg, todo, servers, identities, results_path, face_model, references, clip, out,
+        failed = _generate_all(cfg, todo, servers, identities, results_path, face_model, references, (clip, aesthetic), out,
                                initial=len(jobs) - len(todo), total=len(jobs))
     else:
         failed = []
 
     rows = [r for r in read_rows(results_path) if row_key(r) in {j.key for j in jobs}]
     rows = list({row_key(r): r for r in rows}.values())  # a resumed run may have re-added a row
-    summary = summarize(rows, cfg.presets, cfg.bootstrap, clip_note)
+    summary = summarize(rows, cfg.presets, cfg.bootstrap, clip_note, ae_note,
+                        settings={v.label: v.setting for v in cfg.variants})
     summary["failed"] = failed
     md = summary_markdown(summary, cfg)
     with open(inside(cfg.output, "summary.md"), "w", encoding="utf-8") as fh:
@@ -107,13 +136,15 @@ def run(cfg: Config, out=print) -> dict:
     with open(inside(cfg.output, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
     bar_chart(summary, inside(cfg.output, "chart.png"))
+    pareto_chart(summary, inside(cfg.output, "pareto.png"))   # only where CLIP-T or AE was computed
     contact_sheet(rows, identities, cfg.presets, os.path.realpath(cfg.output), inside(cfg.output, "contact_sheet.png"),
                   prompt_index=cfg.sheet_prompt, seed=cfg.sheet_seed)
     out(md)
     return summary
 
 
-def _generate_all(cfg, todo, servers, identities, results_path, face_model, references, clip, out, initial, total):
+def _generate_all(cfg, todo, servers, identities, results_path, face_model, references, scorers, out, initial, total):
+    clip, aesthetic = scorers
     pending: "queue.Queue[tuple[Job, int]]" = queue.Queue()
     for job in todo:
         pending.put((job, 0))
@@ -148,7 +179,7 @@ def _generate_all(cfg, todo, servers, identities, results_path, face_model, refe
                     fh.write(png)
                 os.replace(tmp, target)  # an interrupted write never leaves a half image under the real name
                 score, found = readout_from_infotext(infotext)
-                clip_t = None
+                clip_t = ae = None
                 if face_model is not None or clip is not None:
                     from PIL import Image
                     with Image.open(io.BytesIO(png)) as im:
@@ -157,12 +188,15 @@ def _generate_all(cfg, todo, servers, identities, results_path, face_model, refe
                         score, found = face_id(face_model, references.get(job.identity), image)
                     if clip is not None:
                         clip_t = clip(image, job.prompt.text)
+                    if aesthetic is not None:
+                        ae = aesthetic(image)
                 results.add({"identity": job.identity, "prompt_index": job.prompt.index, "prompt": job.prompt.text,
                              "category": job.prompt.category, "preset": job.preset, "seed": job.seed,
                              "id": "" if score is None else f"{score:.4f}",
                              "face_found": "" if found is None else ("true" if found else "false"),
                              "seconds": f"{seconds:.2f}", "server": server, "file": job.relpath(),
-                             "clip_t": "" if clip_t is None else f"{clip_t:.4f}"})
+                             "clip_t": "" if clip_t is None else f"{clip_t:.4f}",
+                             "ae": "" if ae is None else f"{ae:.4f}"})
                 finish()
             except Unreachable as exc:
                 pending.put((job, tries))  # not the job's fault: another server takes it
@@ -213,17 +247,35 @@ def _generate_all(cfg, todo, servers, identities, results_path, face_model, refe
 
 
 # -- command line --------------------------------------------------------------------------------------------
+def _ask(missing: int) -> bool:
+    """The confirm before generating; only where someone can answer (a script's stdin is no terminal:
+    it goes on, as with --yes)."""
+    if not sys.stdin or not sys.stdin.isatty():
+        return True
+    try:
+        answer = input(f"fastface-eval: generate {missing} images? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fastface-eval",
         description="Measure identity likeness (the FastFace paper's ID metric) of FastFace presets on your own "
                     "models through a running WebUI's API. Resumes an interrupted run from its output folder.")
     parser.add_argument("--config", required=True, help="JSON or TOML config (see the README's 'Measure it')")
+    parser.add_argument("--yes", action="store_true", help="generate without asking (the grid size is still printed)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the variants (their infotext values) and the job count; contact no server, write nothing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        summary = run(cfg)
+        if args.dry_run:
+            dry_run(cfg)
+            return 0
+        summary = run(cfg, confirm=None if args.yes else _ask)
     except EvalError as exc:
         print(f"fastface-eval: {exc}", file=sys.stderr)
         return exc.code

@@ -14,13 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
+from fastface.infotext import to_infotext
+from fastface.presets import from_script_args
+
 
 PRESET_BONUS = {"Off": 0.0, "Realistic": 0.1, "Stylistic": 0.05}
 
 
-def fake_id(photo_b64: str, preset: str, seed: int) -> float:
+def fake_id(photo_b64: str, preset: str, seed: int, alpha_peak=None) -> float:
     base = 0.3 + (sum(base64.b64decode(photo_b64)[-50:]) % 7) / 100  # depends on the identity photo
-    return round(base + PRESET_BONUS[preset] + 0.01 * seed, 4)
+    sweep = 0.0 if alpha_peak is None else 0.02 * (alpha_peak - 1.5)   # a swept α moves the ID
+    return round(base + PRESET_BONUS[preset] + 0.01 * seed + sweep, 4)
 
 
 class FakeWebUI:
@@ -69,9 +73,11 @@ class FakeWebUI:
     def answer(self, payload):
         ff = payload["alwayson_scripts"]["FastFace"]["args"][0]
         unit = next(v for k, v in payload["alwayson_scripts"].items() if k.lower() == "controlnet")["args"][0]
-        value = "no face" if "empty room" in payload["prompt"] else f"{fake_id(unit['image'], ff['preset'], payload['seed']):.3f}"
+        value = "no face" if "empty room" in payload["prompt"] else \
+            f"{fake_id(unit['image'], ff['preset'], payload['seed'], ff.get('alpha_peak')):.3f}"
+        setting = to_infotext(from_script_args([ff])[0])   # what the real script writes
         infotext = (f"{payload['prompt']}\nSteps: {payload['steps']}, Seed: {payload['seed']}, "
-                    f"FastFace: \"preset={ff['preset']}\", FastFace ID: {value}, Server: {self.name}")
+                    f"FastFace: \"{setting}\", FastFace ID: {value}, Server: {self.name}")
         img = Image.new("RGB", (payload["width"], payload["height"]), (payload["seed"] * 40 % 255, 90, 120))
         if self.face_images:  # a synthetic face whose colour depends on the preset (for local IDs)
             img = Image.fromarray(self.face_images[ff["preset"]])
