@@ -116,24 +116,26 @@ def contact_sheet(rows: Sequence[dict], identities: dict, presets: Sequence[str]
     img.save(path)
 
 
-def pareto_chart(summary: dict, path: str) -> bool:
+def pareto_chart(summary: dict, path: str, block: str = "all") -> bool:
     """pareto.png: mean ID (y) against CLIP-T, else AE (x), each with its 95 % interval; the
-    Pareto front joined and drawn in red. Not drawn (False) when neither metric was computed."""
+    Pareto front joined and drawn in red; `block` a category (realistic / style) instead of all
+    images. Not drawn (False) when neither metric was computed."""
     from PIL import Image, ImageDraw
 
     pareto = summary.get("pareto") or {}
     metric = pareto.get("metric")
     if metric is None:
         return False
-    stats = summary["presets"]
+    stats = summary["presets"] if block == "all" else summary["by_category"].get(block, {})
     points = {k: s for k, s in stats.items() if s["mean_id"] is not None and s.get(metric) is not None}
-    front = [k for k in (pareto.get("fronts") or {}).get("all", []) if k in points]
+    front = [k for k in (pareto.get("fronts") or {}).get(block, []) if k in points]
     width, height, left, right, top, bottom = 760, 560, 80, 30, 50, 70
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(16), _font(12)
     name = {"clip_t": "CLIP-T", "ae": "AE"}[metric]
-    draw.text((left, 12), f"Mean ID against {name} per variant (95% bootstrap CI); red: the Pareto front",
+    subset = "" if block == "all" else f" ({block} prompts)"
+    draw.text((left, 12), f"Mean ID against {name} per variant{subset}, 95% bootstrap CI; red: the Pareto front",
               fill="black", font=font)
     xs = [v for s in points.values() for v in [s[metric]] + list(s.get(metric + "_ci95") or [])]
     ys = [v for s in points.values() for v in [s["mean_id"]] + list(s["ci95"] or [])]

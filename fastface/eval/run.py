@@ -136,7 +136,9 @@ def run(cfg: Config, out=print, confirm: Optional[Callable[[int], bool]] = None)
     with open(inside(cfg.output, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
     bar_chart(summary, inside(cfg.output, "chart.png"))
-    pareto_chart(summary, inside(cfg.output, "pareto.png"))   # only where CLIP-T or AE was computed
+    if pareto_chart(summary, inside(cfg.output, "pareto.png")):   # only where CLIP-T or AE was computed
+        for category in summary["by_category"]:
+            pareto_chart(summary, inside(cfg.output, f"pareto_{category}.png"), category)
     contact_sheet(rows, identities, cfg.presets, os.path.realpath(cfg.output), inside(cfg.output, "contact_sheet.png"),
                   prompt_index=cfg.sheet_prompt, seed=cfg.sheet_seed)
     out(md)
