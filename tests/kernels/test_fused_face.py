@@ -77,13 +77,27 @@ def reference(q, k, v, transform):
     return ip_attention(q, k, v, transform)
 
 
-def assert_matches(got, expected):
+def assert_matches(got, expected, conditioning=None):
+    """fp32: within 1e-5 of the largest output, widened by `conditioning` where the problem itself
+    amplifies rounding; fp16 / bf16: one ulp of the output dtype."""
     assert got.dtype == expected.dtype and got.shape == expected.shape
     if expected.dtype == torch.float32:
         scale = max(1.0, expected.abs().max().item())
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale + 2.0 * (conditioning or 0.0))
     else:
         torch.testing.assert_close(got.float(), expected.float(), rtol=1e-3, atol=2e-3)
+
+
+def rounding_sensitivity(q, k, v, transform, draws=8):
+    """How far the torch path itself moves when q is perturbed by one fp32 rounding (relative noise
+    of 2⁻²³): the two paths round differently, so they can differ by about this much. For most
+    parameters it is ~1e-7 of the output; for a sharp, clamped softmask (e.g. d = 32 with a clamp at
+    the scale) the min-max norms and the sigmoid amplify rounding ~100-fold (3e-5 seen at seed 1),
+    which no fixed tolerance bounds on every CPU."""
+    g = torch.Generator().manual_seed(12345)
+    expected = reference(q, k, v, transform)
+    return max((reference(q * (1 + 2.0 ** -23 * torch.randn(q.shape, generator=g)), k, v, transform) - expected)
+               .abs().max().item() for _ in range(draws))
 
 
 SCALE_POWER = ScalePower(s=1.55, p=1.3, clamp_max=10.0)
@@ -166,7 +180,8 @@ def test_softmask_any_parameters(seed, quantile, d, s, clamp, invert, adain, gro
     """The extremes of the mask are taken at min_L and max_L of the map for any sign of d and s."""
     transform = Softmask(quantile, d, s, invert, clamp, adain, groups)
     q, k, v = inputs(seed, rows=2, heads=1, length=9, tokens=4, d=16, spreads=(3.0, 0.5))
-    assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
+    assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform),
+                   conditioning=rounding_sensitivity(q, k, v, transform))
 
 
 @settings(max_examples=5, deadline=None)
@@ -176,7 +191,8 @@ def test_scale_power_any_parameters(seed, s, p, clamp, adain, tokens):
     """Including p = 0 (0⁰ = 1 as in torch), s = 0, T = 1 and an output AdaIN on a scale-power."""
     transform = ScalePower(s, p, clamp, output_adain=adain)
     q, k, v = inputs(seed, rows=2, heads=1, length=9, tokens=tokens, d=16, spreads=(3.0, 30.0))
-    assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform))
+    assert_matches(face_attention(q, k, v, transform, block_l=BLOCK), reference(q, k, v, transform),
+                   conditioning=rounding_sensitivity(q, k, v, transform))
 
 
 @pytest.mark.parametrize("case", ["tensor groups", "unknown transform", "17 tokens", "mixed dtypes", "needs grad"])
