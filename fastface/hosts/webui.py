@@ -14,7 +14,7 @@ from ..config import FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, Fast
 from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
 from ..presets import PRESETS, apply_preset, from_script_args, validate
 from . import recording
-from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
+from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log, note_value, rejected_note
 from . import readout
 
 TITLE = "FastFace"
@@ -177,8 +177,8 @@ def process(p, *script_args) -> None:
         (log.warning if issue.rejected else log.info)("setting %s", issue)
     if rejected:
         if args.enabled:
-            p.extra_generation_params[NOTE_KEY] = "off - rejected " + "; ".join(
-                str(i).replace(",", " ").replace(":", " -") for i in rejected)
+            p.extra_generation_params[NOTE_KEY] = "FastFace is off for this job: " + note_value(
+                rejected_note(i) for i in rejected)
         return
     if not args.enabled:
         return

@@ -18,6 +18,8 @@ from fastface.hosts.common import NOTE_KEY, PatchSet
 from fastface.infotext import INFOTEXT_KEY, paste_key, to_infotext, ui_values
 from fastface.presets import PRESETS
 
+from infotext_standin import parameter_line, parse_parameter_line
+
 
 class FakeComponent:
     def __init__(self, kind, value=None, **kwargs):
@@ -140,7 +142,10 @@ def test_rejected_api_value_turns_fastface_off_and_says_why():
     assert p.fastface_job is None
     assert INFOTEXT_KEY not in p.extra_generation_params
     note = p.extra_generation_params[NOTE_KEY]
-    assert "am_mode" in note and "sharpen" in note and "," not in note
+    assert note == ("FastFace is off for this job: rejected am_mode "
+                    "(expected one of off, scale-power, softmask; got 'sharpen')")
+    line = parameter_line({"Steps": 4, "Seed": 1, **p.extra_generation_params})
+    assert parse_parameter_line(line)[NOTE_KEY] == note   # A1111 quotes it and reads it back whole
 
 
 def test_disabled_writes_nothing():
