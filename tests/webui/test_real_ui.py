@@ -158,7 +158,10 @@ def _pick_radio(page, tab, name, choice):
 def _pick_preset(page, tab, preset):
     page.locator(f"#script_{tab}_fastface_preset input").first.click()
     page.wait_for_timeout(500)
-    page.locator("ul.options li", has_text=re.compile(rf"^\s*{re.escape(preset)}\s*$")).first.click()
+    option = page.locator(f'ul.options li[data-value="{preset}"]')   # gradio 3.41 and 4.40
+    if not option.count():   # the chosen option carries a check mark in gradio 4
+        option = page.locator("ul.options li", has_text=re.compile(rf"^\W*{re.escape(preset)}\s*$"))
+    option.first.click()
     page.wait_for_timeout(2500)
 
 
