@@ -170,9 +170,10 @@ def _changes_line(page, tab):
         if _shown(page, tab, "preset_changes") else ""
 
 
-def _open_advanced(page, tab, section):
+def _open_advanced(page, tab, section, probe):
+    """Open the section unless `probe` (a control shown in it now) is visible already."""
     box = page.locator(f"#script_{tab}_fastface_{section}_advanced")
-    if not box.locator("input").first.is_visible():
+    if not _shown(page, tab, probe):
         box.locator(".label-wrap").first.click()
         page.wait_for_timeout(800)
 
@@ -206,7 +207,7 @@ def test_accordion_states_as_a_newcomer_sees_them(page, tab):
     # item 2: a changed control shows under the preset; the preset's name stays
     _pick_radio(page, tab, "am_mode", "softmask")
     assert _changes_line(page, tab) == "Realistic + 1 change: Attention transform"
-    _open_advanced(page, tab, "attention")
+    _open_advanced(page, tab, "attention", "sm_s_first")
     for name in ("sm_d_later", "sm_s_first", "sm_s_later", "clamp_max", "sm_quantile", "sm_adain"):
         ok, info = _one_line(page, tab, name)
         assert ok, info
