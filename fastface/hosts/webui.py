@@ -82,7 +82,7 @@ def _component(gr, name: str, elem_id, visible: bool = True):
 _LAYOUT = (
     ("Guidance (DCG)", "guidance",
      (("dcg",), ("alpha_peak", "beta_peak", "phi")),
-     (("schedule", "rescale_steps"), ("alpha_custom", "beta_custom"))),
+     (("schedule",), ("rescale_steps",), ("alpha_custom", "beta_custom"))),
     ("Attention (AM)", "attention",
      (("am_mode",), ("sp_s_down", "sp_s_up", "sp_p"), ("sm_quantile", "sm_d_later")),
      (("sp_s_mid", "clamp_max"), ("sm_d_first", "sm_adain"), ("sm_s_first", "sm_s_later"),

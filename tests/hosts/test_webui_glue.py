@@ -327,7 +327,7 @@ def test_rows_fit_the_webui_column(fake_gradio):
         for names in main + advanced:
             assert len(names) <= 3, names
             if any(field_kind(n) == "choice" and len(meta(n)["choices"]) >= 3 for n in names):
-                assert len(names) == 1 or all(field_kind(n) == "choice" for n in names), names
+                assert len(names) == 1, names   # gradio 4 wraps a third choice next to another radio
             if any(len(meta(n)["label"]) > 18 for n in names if field_kind(n) == "float"):
                 assert sum(field_kind(n) == "float" for n in names) <= 2, names
     laid_out = [n for _, _, main, adv in webui._LAYOUT for names in main + adv for n in names]
