@@ -57,7 +57,9 @@ class FastFaceArgs:
         "Realistic", "preset", "Preset",
         "Fills every control below. Stylistic: DCG only, for stylised prompts. Realistic: DCG + "
         "scale-power attention (the paper's main setting). Realistic portrait: DCG + scheduled "
-        "softmask. The *only* presets use one attention transform and leave guidance to the WebUI.",
+        "softmask. Scale-power only and Softmask only: one attention transform, the WebUI's own CFG. "
+        "Off: FastFace changes nothing (a baseline). Changing a control afterwards keeps the "
+        "preset's name; the line under the list counts the changes.",
         choices=PRESET_NAMES)
 
     # --- DCG: decoupled classifier-free guidance --------------------------------------------
@@ -144,7 +146,7 @@ class FastFaceArgs:
         advanced=True)
     sm_invert_first: bool = _field(
         True, "inv0", "Invert first token",
-        "Softmask only. FaceID-Plus-v2's first face token looks at the background, not the "
+        "For the softmask. FaceID-Plus-v2's first face token looks at the background, not the "
         "face. On: that token's map is flipped before the softmask and its mask flipped back "
         "after, so the token keeps its background area instead of being cut down to its few "
         "strongest spots like the face tokens. Off: it is masked like a face token. (With "
@@ -170,8 +172,9 @@ class FastFaceArgs:
         True, "readout", "Likeness readout",
         "After each image, write how close its face is to the FaceID unit's reference face into "
         "the infotext as 'FastFace ID' (cosine similarity of insightface buffalo_l embeddings, the "
-        "paper's ID metric; 'no face' when none is found). Runs only with a FaceID unit and the "
-        "buffalo_l models the host already has; otherwise a note says why. Never changes the image.")
+        "paper's ID metric; 'no face' when none is found). Needs a FaceID unit and the buffalo_l "
+        "models the host already has; without them the infotext's 'FastFace note' says why. "
+        "Never changes the image.")
 
     # --- view options (not generation parameters: no infotext, no preset, no XYZ axis) ----------
     show_attention: bool = _field(

@@ -40,18 +40,21 @@ def format_value(name: str, value: Any) -> str:
     return str(value)
 
 
+def changed_fields(args: FastFaceArgs) -> list[str]:
+    """The method fields whose value differs from the named preset's, in field order."""
+    preset = PRESETS[args.preset]
+    return [name for name in METHOD_FIELDS if getattr(args, name) != getattr(preset, name)]
+
+
 def to_infotext(args: FastFaceArgs) -> str:
     """`preset=<name>` plus `key=value` for each field that differs from the preset."""
-    preset = PRESETS[args.preset]
     parts = [f"preset={args.preset}"]
     if not args.enabled:
         parts.append("enabled=false")
     if args.readout != FastFaceArgs.readout:  # the readout is on by default: only "off" is written
         parts.append(f"{meta('readout')['key']}={format_value('readout', args.readout)}")
-    for name in METHOD_FIELDS:
-        value = getattr(args, name)
-        if value != getattr(preset, name):
-            parts.append(f"{meta(name)['key']}={format_value(name, value)}")
+    for name in changed_fields(args):
+        parts.append(f"{meta(name)['key']}={format_value(name, getattr(args, name))}")
     return ", ".join(parts)
 
 

@@ -36,6 +36,29 @@ TRACE_KEY = "FastFace trace"
 TRACE_ENV = "FASTFACE_TRACE"  # set to 1 on the server: per-step row counts and AM calls go to infotext
 
 
+def note_value(notes) -> str:
+    """The `FastFace note` infotext value: the notes as written, one after another.
+
+    No escaping here: the WebUI's infotext writer JSON-quotes a value that holds ',' ':' or a
+    newline (A1111 and Forge `infotext_utils.quote`) and its parser unquotes it again, so a note
+    keeps its punctuation in the infotext, in PNG Info and in the API's `info`."""
+    return "; ".join(str(n).strip() for n in notes)
+
+
+def no_face_note(where: str, args: FastFaceArgs) -> str:
+    """The note for a job without a FaceID unit: what still runs and what does not, e.g.
+    'no FaceID unit in sd-webui-controlnet: DCG runs without the face branch, no attention
+    transform, no likeness readout'."""
+    effects = (["DCG runs without the face branch"] if args.dcg else []) \
+        + (["no attention transform"] if args.am_mode != "off" else []) \
+        + (["no likeness readout"] if args.readout else [])
+    return f"no FaceID unit in {where}: " + (", ".join(effects) or "FastFace changes nothing")
+
+
+def rejected_note(issue: Issue) -> str:
+    return f"rejected {issue.field} ({issue.message})"
+
+
 class PatchSet:
     """Attribute patches that can all be undone, newest first."""
 
@@ -178,9 +201,9 @@ class Job:
         notes = list(self.notes)
         if self.failed:
             notes.append("turned off after an internal error")
-        notes += [f"rejected {i}" for i in self.issues if i.rejected]
+        notes += [rejected_note(i) for i in self.issues if i.rejected]
         if notes:
-            params[NOTE_KEY] = "; ".join(n.replace(",", " ").replace(":", " -") for n in notes)
+            params[NOTE_KEY] = note_value(notes)
         if os.environ.get(TRACE_ENV) == "1":
             params[TRACE_KEY] = self.trace_json()
         return params

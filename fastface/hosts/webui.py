@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..config import FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind, meta
-from ..infotext import INFOTEXT_KEY, expand_pasted_params, paste_key, read_pasted, ui_values
+from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind, meta,
+                      validate_on)
+from ..infotext import INFOTEXT_KEY, changed_fields, expand_pasted_params, paste_key, read_pasted, ui_values
 from ..presets import PRESETS, apply_preset, from_script_args, validate
 from . import recording
-from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log
+from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log, note_value, rejected_note
 from . import readout
 
 TITLE = "FastFace"
@@ -75,13 +76,40 @@ def _component(gr, name: str, elem_id, visible: bool = True):
     return gr.Slider(minimum=m["lo"], maximum=m["hi"], step=m["step"], value=value, **common)
 
 
+# Sections: (title, id, main rows, Advanced rows). A row holds what fits side by side in the
+# WebUI's left column at its usual widths (about 600-700 px at a 1400 px window): a radio of three
+# choices alone, two sliders with long labels, three with short ones.
 _LAYOUT = (
-    ("Guidance (DCG)", ("dcg", "alpha_peak", "beta_peak", "phi"),
-     ("schedule", "alpha_custom", "beta_custom", "rescale_steps")),
-    ("Attention (AM)", ("am_mode", "sp_s_down", "sp_s_up", "sp_p", "sm_quantile", "sm_d_later"),
-     ("sp_s_mid", "sm_d_first", "sm_s_first", "sm_s_later", "sm_adain", "sm_invert_first", "am_down",
-      "am_mid", "am_up", "clamp_max")),
+    ("Guidance (DCG)", "guidance",
+     (("dcg",), ("alpha_peak", "beta_peak", "phi")),
+     (("schedule",), ("rescale_steps",), ("alpha_custom", "beta_custom"))),
+    ("Attention (AM)", "attention",
+     (("am_mode",), ("sp_s_down", "sp_s_up", "sp_p"), ("sm_quantile", "sm_d_later")),
+     (("sp_s_mid", "clamp_max"), ("sm_d_first", "sm_adain"), ("sm_s_first", "sm_s_later"),
+      ("sm_invert_first",), ("am_down", "am_mid", "am_up"))),
 )
+HOST_ROW = ("hires", "readout", "show_attention")
+TXT2IMG_ONLY = ("hires",)   # img2img has no hires fix; the value stays in the args, API and infotext
+
+
+def container_shown(names, shown: dict[str, bool]) -> bool:
+    """A row or an Advanced section is shown when at least one of its controls is."""
+    return any(shown.get(n, True) for n in names)
+
+
+def preset_summary(preset_name, *method_values) -> str:
+    """The line under the preset list: '' while the controls hold the preset's values, else e.g.
+    'Realistic + 2 changes: α peak (identity), Attention transform'. Reads the UI values the way
+    the job does (the preset, then the fields), so it counts what the infotext records."""
+    if preset_name not in PRESETS:
+        return ""
+    args, issues = validate_on(PRESETS[preset_name], dict(zip(METHOD_FIELDS, method_values)))
+    changed = [meta(n)["label"] for n in changed_fields(args)]
+    bad = [meta(i.field)["label"] for i in issues if i.rejected and i.field in FIELD_NAMES]
+    text = f"{preset_name} + {len(changed)} change{'' if len(changed) == 1 else 's'}: {', '.join(changed)}" if changed else ""
+    if bad:
+        text = (text + "; " if text else "") + "not a valid value: " + ", ".join(bad)
+    return text
 
 
 def build_ui(script, is_img2img: bool) -> list:
@@ -94,35 +122,47 @@ def build_ui(script, is_img2img: bool) -> list:
     elem_id = lambda name: script.elem_id(name)  # noqa: E731
     shown = shown_controls(ui_values(DEFAULTS))
     comps: dict[str, Any] = {}
+    containers: list[tuple[Any, tuple]] = []   # (row or Advanced accordion, the controls in it)
+
+    def rows(row_names):
+        for names in row_names:
+            with gr.Row(visible=container_shown(names, shown)) as row:
+                for name in names:
+                    comps[name] = _component(gr, name, elem_id, shown.get(name, True))
+            containers.append((row, names))
+
     with InputAccordion(False, label=TITLE, elem_id=elem_id("enabled")) as enabled:
         comps["enabled"] = enabled
         comps["preset"] = _component(gr, "preset", elem_id)
-        for title, main, advanced in _LAYOUT:
-            with gr.Accordion(title, open=True, elem_id=elem_id(title.split()[0].lower())):
-                with gr.Row():
-                    for name in main:
-                        comps[name] = _component(gr, name, elem_id, shown.get(name, True))
-                with gr.Accordion("Advanced", open=False):
-                    with gr.Row():
-                        for name in advanced:
-                            comps[name] = _component(gr, name, elem_id, shown.get(name, True))
+        changes = gr.Markdown(value="", visible=False, elem_id=elem_id("preset_changes"))
+        for title, section, main, advanced in _LAYOUT:
+            with gr.Accordion(title, open=True, elem_id=elem_id(section)):
+                rows(main)
+                inner = tuple(n for names in advanced for n in names)
+                with gr.Accordion("Advanced", open=False, elem_id=elem_id(f"{section}_advanced"),
+                                  visible=container_shown(inner, shown)) as adv:
+                    rows(advanced)
+                containers.append((adv, inner))
         with gr.Row():
-            comps["hires"] = _component(gr, "hires", elem_id)
-            comps["readout"] = _component(gr, "readout", elem_id)
-            comps["show_attention"] = _component(gr, "show_attention", elem_id)
+            for name in HOST_ROW:
+                comps[name] = _component(gr, name, elem_id, not (is_img2img and name in TXT2IMG_ONLY))
     assert set(comps) == set(FIELD_NAMES), set(FIELD_NAMES) ^ set(comps)
 
-    # Show only the controls that act in the chosen modes. `.change` also fires when a preset
-    # pick or a paste sets the mode, and a visibility update leaves every value as it is.
+    # Show only the controls that act in the chosen modes, and a row or an Advanced section only
+    # when something in it is shown. `.change` also fires when a preset pick or a paste sets the
+    # mode, and a visibility update leaves every value as it is.
     dependent = list(ACTS_ONLY_WITH)
+    boxes = [(box, names) for box, names in containers if any(n in ACTS_ONLY_WITH for n in names)]
 
     def update_visibility(*mode_values):
         visible = shown_controls(dict(zip(MODE_FIELDS, mode_values)))
-        return [gr.update(visible=visible[n]) for n in dependent]
+        return [gr.update(visible=visible[n]) for n in dependent] \
+            + [gr.update(visible=container_shown(names, visible)) for _, names in boxes]
 
     for name in MODE_FIELDS:
         comps[name].change(fn=update_visibility, inputs=[comps[n] for n in MODE_FIELDS],
-                           outputs=[comps[n] for n in dependent], show_progress=False)
+                           outputs=[comps[n] for n in dependent] + [box for box, _ in boxes],
+                           show_progress=False)
 
     method_components = [comps[n] for n in METHOD_FIELDS]
 
@@ -134,6 +174,16 @@ def build_ui(script, is_img2img: bool) -> list:
     # of a preset should overwrite the fields.
     comps["preset"].input(fn=fill_from_preset, inputs=[comps["preset"]], outputs=method_components,
                           show_progress=False)
+
+    # "Realistic + 2 changes": after any change of the preset or a method control (a pick, a
+    # paste, a drag). A view of the values only: nothing stored changes.
+    def show_changes(*values):
+        text = preset_summary(*values)
+        return gr.update(value=text, visible=bool(text))
+
+    for name in ("preset",) + METHOD_FIELDS:
+        comps[name].change(fn=show_changes, inputs=[comps["preset"]] + method_components,
+                           outputs=[changes], show_progress=False)
 
     pasted = [n for n in FIELD_NAMES if n not in VIEW_FIELDS]   # view options survive a paste
     script.infotext_fields = [(comps[n], functools.partial(_pasted_value, name=n)) for n in pasted]
@@ -177,8 +227,8 @@ def process(p, *script_args) -> None:
         (log.warning if issue.rejected else log.info)("setting %s", issue)
     if rejected:
         if args.enabled:
-            p.extra_generation_params[NOTE_KEY] = "off - rejected " + "; ".join(
-                str(i).replace(",", " ").replace(":", " -") for i in rejected)
+            p.extra_generation_params[NOTE_KEY] = "FastFace is off for this job: " + note_value(
+                rejected_note(i) for i in rejected)
         return
     if not args.enabled:
         return

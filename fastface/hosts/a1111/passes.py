@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 
-from ..common import Job, PatchSet
+from ..common import Job, PatchSet, no_face_note
 from .attention import install_attention
 from .controlnet import ip_adapters, is_faceid
 from .dcg import combine
@@ -38,7 +38,7 @@ def start_pass(job: Job, p) -> None:
     adapters = ip_adapters(p)
     face = any(is_faceid(a) for a in adapters)
     if not face and job.passes == 0:
-        job.note("no FaceID unit in sd-webui-controlnet: DCG without the face branch, no attention transform")
+        job.note(no_face_note("sd-webui-controlnet", job.args))
     st = PassState(index=job.passes, is_hires=is_hires, face=face, images=max(int(getattr(p, "batch_size", 1) or 1), 1),
                    eps_output=type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
     job.passes += 1

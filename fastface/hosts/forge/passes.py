@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import Job, log
+from ..common import Job, log, no_face_note
 from .attention import clone_unet
 from .dcg import install_dcg
 from .internals import attn2_patches, calc_cond_uncond_batch
@@ -102,7 +102,7 @@ def _start_pass(job: Job, p) -> None:
     patches = [v for v in attn2_patches(unet.model_options).values() if getattr(v, "_fastface_wrapper", False)]
     st.face = any(v.has_face() for v in patches)
     if not st.face:
-        job.note("no FaceID IP-Adapter unit in ControlNet: DCG without the face branch, no attention transform")
+        job.note(no_face_note("Forge's ControlNet", job.args))
     if job.args.dcg:
         st.calc = calc_cond_uncond_batch()
         if st.calc is None:
