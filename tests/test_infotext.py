@@ -1,12 +1,10 @@
 """Infotext round trips, including through A1111's quote / regex / unquote.
 
-The three helpers below re-implement A1111 v1.10.1 `modules/infotext_utils.py` (quote L56-60,
-unquote L63-70, re_param_code L16 and the value loop of parse_generation_parameters L234-281) from
-their documented behaviour (shared/docs/webui_api.md §1.3-1.4), so the test does not need a WebUI.
+A1111 v1.10.1's `quote`, `unquote` and parameter regex come from tests/infotext_standin.py (copied
+from `modules/infotext_utils.py`, cited there); the two helpers below join and read a parameter line
+with them, so the test does not need a WebUI.
 """
-import json
 import logging
-import re
 
 import pytest
 from hypothesis import given, strategies as st
@@ -16,24 +14,8 @@ from fastface.infotext import (INFOTEXT_KEY, expand_pasted_params, from_infotext
                                read_pasted, to_infotext, ui_values)
 from fastface.presets import PRESETS, apply_preset
 
+from infotext_standin import quote as a1111_quote, re_param as RE_PARAM, unquote as a1111_unquote
 from strategies import valid_args
-
-RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-
-
-def a1111_quote(text):
-    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-def a1111_unquote(text):
-    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
-        return text
-    try:
-        return json.loads(text)
-    except Exception:
-        return text
 
 
 def a1111_infotext_line(extra):

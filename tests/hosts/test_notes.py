@@ -1,5 +1,5 @@
 """Every `FastFace note` in its infotext form (issue #17): each note FastFace can write, through
-the WebUI's own writer and parser (A1111 v1.10.1 / Forge 2, tests/hosts/infotext_standin.py),
+the WebUI's own writer and parser (A1111 v1.10.1 / Forge 2, tests/infotext_standin.py),
 keeps its words and punctuation.
 
 The catalogue below lists every note text in the code, found by reading the source (`ast`): a new
