@@ -129,7 +129,8 @@ def pareto_chart(summary: dict, path: str, block: str = "all") -> bool:
     stats = summary["presets"] if block == "all" else summary["by_category"].get(block, {})
     points = {k: s for k, s in stats.items() if s["mean_id"] is not None and s.get(metric) is not None}
     front = [k for k in (pareto.get("fronts") or {}).get(block, []) if k in points]
-    width, height, left, right, top, bottom = 760, 560, 80, 30, 50, 70
+    legend_w = 340   # the labels, numbered, beside the plot: long settings never overlap the points
+    width, height, left, right, top, bottom = 760 + legend_w, 560, 80, 30 + legend_w, 50, 70
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(16), _font(12)
@@ -163,7 +164,7 @@ def pareto_chart(summary: dict, path: str, block: str = "all") -> bool:
     line = [(px(points[k][metric]), py(points[k]["mean_id"])) for k in front]
     if len(line) > 1:
         draw.line(line, fill=(210, 60, 50), width=2)
-    for label, s in points.items():
+    for number, (label, s) in enumerate(points.items(), 1):
         x, y = px(s[metric]), py(s["mean_id"])
         color = (210, 60, 50) if label in front else ((150, 150, 150) if label == BASELINE else (60, 110, 200))
         if s.get(metric + "_ci95"):
@@ -173,6 +174,8 @@ def pareto_chart(summary: dict, path: str, block: str = "all") -> bool:
             lo, hi = s["ci95"]
             draw.line([(x, py(lo)), (x, py(hi))], fill=color, width=1)
         draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color)
-        draw.text((x + 7, y - 16), label[:40], fill=color, font=small)
+        draw.text((x + 6, y - 17), str(number), fill=color, font=small)
+        draw.text((width - legend_w + 10, top + 18 * (number - 1)),
+                  f"{number}  {label[:44]}" + ("  (front)" if label in front else ""), fill=color, font=small)
     img.save(path)
     return True

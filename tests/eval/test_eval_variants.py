@@ -159,7 +159,7 @@ def test_summary_front_and_ranking_from_hand_made_rows(tmp_path):
     from fastface.eval.pictures import pareto_chart
     assert pareto_chart(summary, str(tmp_path / "pareto.png"))
     with Image.open(tmp_path / "pareto.png") as im:
-        assert im.size == (760, 560)
+        assert im.size == (1100, 560)
 
 
 class FixedClip:
