@@ -25,29 +25,49 @@ class ClipScorer:
         self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
 
     def image_embedding(self, image):
-        """The image's CLIP embedding, L2-normalised, (1, 768) for ViT-L/14."""
+        """The image's CLIP embedding, L2-normalised, (1, 768) for ViT-L/14 (CLIP-T and AE share it)."""
         with self.torch.no_grad():
             pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"]
             img = self.model.get_image_features(pixel_values=pixels)
             return img / img.norm(dim=-1, keepdim=True)
 
-    def __call__(self, image, prompt: str) -> float:
+    def similarity(self, image_embedding, prompt: str) -> float:
+        """CLIP-T of an image (its `image_embedding`) and a prompt."""
         with self.torch.no_grad():
-            batch = self.processor(text=[prompt], images=[image], return_tensors="pt", padding=True, truncation=True)
-            img = self.model.get_image_features(pixel_values=batch["pixel_values"])
+            batch = self.processor(text=[prompt], return_tensors="pt", padding=True, truncation=True)
             txt = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
-            return float((img * txt).sum())
+            return float((image_embedding * txt).sum())
+
+    def __call__(self, image, prompt: str) -> float:
+        return self.similarity(self.image_embedding(image), prompt)
+
+
+CLIP_ABSENT = "not computed (set clip_model to a local CLIP ViT-L/14 folder to add it)"
+AE_ABSENT = "not computed (set aesthetic_model to local LAION aesthetic predictor weights, with clip_model)"
+
+
+def clip_source(cfg: Config) -> str:
+    return f"CLIP ViT-L/14 from {cfg.clip_model}"
+
+
+def ae_source(cfg: Config) -> str:
+    return f"LAION aesthetic predictor {cfg.aesthetic_model}"
+
+
+def notes_from_config(cfg: Config) -> tuple[str, str]:
+    """The CLIP-T and AE notes of a run that generates nothing (the CSV holds what earlier runs scored)."""
+    return (clip_source(cfg) if cfg.clip_model else CLIP_ABSENT,
+            ae_source(cfg) if cfg.aesthetic_model and cfg.clip_model else AE_ABSENT)
 
 
 def load_clip(cfg: Config) -> tuple[Optional[Callable], str]:
     if not cfg.clip_model:
-        return None, "not computed (set clip_model to a local CLIP ViT-L/14 folder to add it)"
+        return None, CLIP_ABSENT
     if not os.path.isdir(cfg.clip_model):
         return None, f"not computed: {cfg.clip_model} does not exist"
     try:
-        return ClipScorer(cfg.clip_model), f"CLIP ViT-L/14 from {cfg.clip_model}"
+        return ClipScorer(cfg.clip_model), clip_source(cfg)
     except Exception as exc:
         return None, f"not computed: the CLIP model in {cfg.clip_model} did not load ({type(exc).__name__}: {exc})"
 
@@ -66,11 +86,10 @@ def aesthetic_mlp(state: dict):
     import torch
 
     expected = {f"{prefix}.{kind}" for prefix in AESTHETIC_LAYERS for kind in ("weight", "bias")}
-    keys = {k.removeprefix("module.") for k in state}
-    if keys != expected:
-        missing, extra = sorted(expected - keys), sorted(keys - expected)
-        raise ValueError(f"not the LAION aesthetic predictor's layout (missing {missing[:3]}, unexpected {extra[:3]})")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"not the LAION aesthetic predictor's layout (missing {missing[:3]}, unexpected {extra[:3]})")
     modules = []
     for index in range(8):
         shape = AESTHETIC_LAYERS.get(f"layers.{index}")
@@ -103,18 +122,21 @@ class AestheticScorer:
         self.mlp, self.clip, self.torch = aesthetic_mlp(state), clip, torch
 
     def __call__(self, image) -> float:
+        return self.from_embedding(self.clip.image_embedding(image))
+
+    def from_embedding(self, image_embedding) -> float:
+        """AE of an image from its CLIP `image_embedding` (computed once for CLIP-T and AE)."""
         with self.torch.no_grad():
-            embedding = self.clip.image_embedding(image)
-            return float(self.mlp.layers(embedding.to(self.mlp.layers[0].weight.dtype)).squeeze())
+            return float(self.mlp.layers(image_embedding.to(self.mlp.layers[0].weight.dtype)).squeeze())
 
 
 def load_aesthetic(cfg: Config, clip: Optional[Callable]) -> tuple[Optional[Callable], str]:
     if not cfg.aesthetic_model:
-        return None, "not computed (set aesthetic_model to local LAION aesthetic predictor weights, with clip_model)"
+        return None, AE_ABSENT
     if not isinstance(clip, ClipScorer):
         return None, "not computed: the aesthetic predictor scores CLIP ViT-L/14 embeddings; set clip_model too"
     try:
-        return AestheticScorer(cfg.aesthetic_model, clip), f"LAION aesthetic predictor {cfg.aesthetic_model}"
+        return AestheticScorer(cfg.aesthetic_model, clip), ae_source(cfg)
     except Exception as exc:
         return None, f"not computed: {cfg.aesthetic_model} did not load ({type(exc).__name__}: {exc})"
 

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .config import BASELINE
-from .stats import _num
+from .stats import METRIC_NAMES, _num
 
 
 def _font(size: int):
@@ -134,7 +134,7 @@ def pareto_chart(summary: dict, path: str, block: str = "all") -> bool:
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(16), _font(12)
-    name = {"clip_t": "CLIP-T", "ae": "AE"}[metric]
+    name = METRIC_NAMES[metric]
     subset = "" if block == "all" else f" ({block} prompts)"
     draw.text((left, 12), f"Mean ID against {name} per variant{subset}, 95% bootstrap CI; red: the Pareto front",
               fill="black", font=font)

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 from .client import RequestFailed, Unreachable, build_payload, check_server, generate, readout_from_infotext
 from .config import Config, EvalError, ServerError, load_config
 from .grid import Job, inside, make_jobs, read_identities, read_prompts
-from .metrics import face_id, load_aesthetic, load_clip, load_face_model
+from .metrics import face_id, load_aesthetic, load_clip, load_face_model, notes_from_config
 from .pictures import bar_chart, contact_sheet, pareto_chart
 from .results import ResultsFile, read_rows, row_key
 from .stats import summarize, summary_markdown
@@ -105,10 +105,7 @@ def run(cfg: Config, out=print, confirm: Optional[Callable[[int], bool]] = None)
         aesthetic, ae_note = load_aesthetic(cfg, clip)
     else:  # nothing to generate: the CSV holds whatever CLIP-T and AE earlier runs computed
         clip = aesthetic = None
-        clip_note = (f"CLIP ViT-L/14 from {cfg.clip_model}" if cfg.clip_model
-                     else "not computed (set clip_model to a local CLIP ViT-L/14 folder to add it)")
-        ae_note = (f"LAION aesthetic predictor {cfg.aesthetic_model}" if cfg.aesthetic_model and cfg.clip_model
-                   else "not computed (set aesthetic_model to local LAION aesthetic predictor weights, with clip_model)")
+        clip_note, ae_note = notes_from_config(cfg)
 
     if todo:
         servers = []
@@ -188,10 +185,11 @@ def _generate_all(cfg, todo, servers, identities, results_path, face_model, refe
                         image = im.convert("RGB")
                     if face_model is not None:
                         score, found = face_id(face_model, references.get(job.identity), image)
-                    if clip is not None:
-                        clip_t = clip(image, job.prompt.text)
-                    if aesthetic is not None:
-                        ae = aesthetic(image)
+                    if clip is not None:   # one CLIP image pass serves CLIP-T and AE
+                        embedding = clip.image_embedding(image)
+                        clip_t = clip.similarity(embedding, job.prompt.text)
+                        if aesthetic is not None:
+                            ae = aesthetic.from_embedding(embedding)
                 results.add({"identity": job.identity, "prompt_index": job.prompt.index, "prompt": job.prompt.text,
                              "category": job.prompt.category, "preset": job.preset, "seed": job.seed,
                              "id": "" if score is None else f"{score:.4f}",
