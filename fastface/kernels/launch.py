@@ -2,10 +2,11 @@
 
 Same values as the torch path (`method.attention.ip_attention(q, k, v, transform)`, the reference and the
 fallback) in far fewer launches: the torch path is ~10 small kernels for scale-power and ~30 for the
-softmask, each a host round trip, while the face branch's GPU work is tiny (T ≤ 16 face tokens).
+softmask, each a host round trip, while the face branch's GPU work is tiny (T ≤ 32 face tokens).
 
     q (B, H, L, d), k / v (B, H, T, d)  →  out (B, H, L, d) in q's dtype; fp32 inside.
     A = softmax(q·kᵀ/√d) over T         (B, H, L, T)
+    sink = n: n more all-zero tokens in the denominator only (PuLID's padding; `method.attention`)
 
 Launches per call (no host-device sync, nothing created on the CPU: CUDA-graph capturable):
   * no transform, `ScalePower`: ONE kernel (`direct_kernel`), per block of queries:
@@ -34,7 +35,7 @@ call (one non-finite statistic leaves every row unblended); here they are per qu
 whenever the statistics are finite, i.e. for any finite input. Values: fp32 within 1e-5 (abs + rel),
 fp16 / bf16 within one ulp of the output dtype (both round the same fp32 result).
 
-Anything outside this contract (another transform, tensor `groups`, T > 16, d > 256, mixed dtypes,
+Anything outside this contract (another transform, tensor `groups`, T > 32, d > 256, mixed dtypes,
 inputs that need gradients) raises NotImplementedError so the caller keeps the torch path.
 Triton is optional: without it this module imports and `available()` is False.
 """
@@ -53,9 +54,10 @@ from ..method.transforms import ADAIN_EPS, QUANTILE_FLOOR, ScalePower, Softmask
 
 Tensor = torch.Tensor
 
-MAX_TOKENS = 16          # face tokens T (4: FaceID / Plus / Plus-v2, 16: Portrait)
+MAX_TOKENS = 32          # face tokens T (4: FaceID / Plus / Plus-v2, 16: Portrait, 10: PuLID, 32: PuLID v1.1)
 MAX_HEAD_DIM = 256       # d (SDXL 64; SD1.5 40 / 80 / 160, padded to powers of two)
-MAX_POOL = 4096          # rows · heads whose statistics one softmask program pools
+MAX_POOL = 4096          # rows · heads whose statistics one softmask program pools (T ≤ 16)
+MAX_POOL_VALUES = MAX_POOL * 16   # (rows · heads) × T_PAD statistics one program holds
 STATS_BLOCK = 4096       # L up to this stays in registers for the quantile; longer L is streamed
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -146,16 +148,19 @@ def _pool_period(groups) -> int:
     raise NotImplementedError(f"softmask groups {type(groups).__name__} (only None or an int period)")
 
 
-def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
+def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *, sink: int = 0,
                    block_l: Optional[int] = None, stats_block: Optional[int] = None,
                    search_ways: Optional[int] = None, stats_warps: Optional[int] = None) -> Tensor:
-    """`method.attention.ip_attention(q, k, v, transform)` through the fused kernels; (B, H, L, d) in q.dtype.
+    """`method.attention.ip_attention(q, k, v, transform, sink=sink)` through the fused kernels; (B, H, L, d)
+    in q.dtype.
 
     transform: None, `ScalePower` or `Softmask` (groups None or an int period); anything else raises
     NotImplementedError. `block_l` / `stats_block` / `search_ways` (a power of two ≥ 2) /
     `stats_warps` override the block sizes, the quantile search's fan-out and its warps (tests use
     small blocks to cover partial blocks and the streamed quantile; the bench compares variants)."""
     _check(q, k, v)
+    if not (isinstance(sink, int) and not isinstance(sink, bool) and sink >= 0):
+        raise NotImplementedError(f"sink {sink!r}")
     if transform is not None and type(transform) not in (ScalePower, Softmask):
         raise NotImplementedError(f"transform {type(transform).__name__}")
     kernels = _kernels()
@@ -180,18 +185,18 @@ def face_attention(q: Tensor, k: Tensor, v: Tensor, transform=None, *,
             w = 1.0 if weight is None else float(weight)
             kernels.direct[grid](
                 q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                h, length, tokens, d, scale,
+                h, length, tokens, d, scale, float(sink),
                 float(transform.s) if sp else 1.0, float(transform.p) if sp else 1.0,
                 _zero_pow(float(transform.p)) if sp else 0.0,
                 float(transform.clamp_max) if sp else 0.0, w, 1.0 - w, ADAIN_EPS,
-                SCALE_POWER=sp, OUT_ADAIN=out_adain, NATIVE=native, PARTS=parts,
+                SCALE_POWER=sp, OUT_ADAIN=out_adain, NATIVE=native, SINK=sink > 0, PARTS=parts,
                 BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
             return out
-        return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale,
+        return _softmask(kernels, q, k, v, out, transform, grid, block_l, t_pad, d_pad, scale, sink,
                          stats_block, search_ways, stats_warps, native, parts)
 
 
-def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale,
+def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, scale, sink,
               stats_block, search_ways, stats_warps, native, parts):
     b, h, length, d = q.shape
     tokens = k.shape[2]
@@ -200,15 +205,15 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
         raise NotImplementedError("softmask without an AdaIN weight")
     rows_heads = b * h
     rh_pad = _pow2(rows_heads, 1)
-    if rh_pad > MAX_POOL:
+    if rh_pad > MAX_POOL or rh_pad * t_pad > MAX_POOL_VALUES:
         raise NotImplementedError(f"{rows_heads} rows·heads")
     w = float(sm.adain)
     probs = torch.empty((rows_heads, tokens, length), dtype=torch.float32, device=q.device)   # (B·H, T, L)
     stats = torch.empty((3, rows_heads, tokens), dtype=torch.float32, device=q.device)         # min, max, q
 
     # 1. A, token-major
-    kernels.probs[grid](q, k, probs, *q.stride(), *k.stride(), h, length, tokens, d, scale,
-                        NATIVE=native, BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
+    kernels.probs[grid](q, k, probs, *q.stride(), *k.stride(), h, length, tokens, d, scale, float(sink),
+                        NATIVE=native, SINK=sink > 0, BLOCK_L=block_l, T_PAD=t_pad, D_PAD=d_pad, num_warps=4)
     # 2. per (row·head, token) min, max and the quantile (torch's linear interpolation, positions
     #    fixed by L alone: x₍lo₎ + (x₍hi₎ − x₍lo₎)·frac over the sorted values)
     pos = float(sm.quantile) * (length - 1)

@@ -38,10 +38,12 @@ if KERNELS_DEFINED:
         return (x == x) & (tl.abs(x) < float("inf"))
 
     @triton.jit
-    def _face_probs(q_row, k_row, offs_l, offs_t, offs_d, sq_l, sq_d, sk_t, sk_d, L, T, D, scale,
-                    NATIVE: tl.constexpr):
+    def _face_probs(q_row, k_row, offs_l, offs_t, offs_d, sq_l, sq_d, sk_t, sk_d, L, T, D, scale, sink,
+                    NATIVE: tl.constexpr, SINK: tl.constexpr):
         """softmax(q·kᵀ·scale) over the T face tokens for one block of queries → (BLOCK_L, T_PAD) fp32;
-        padded tokens are exactly 0 (exp(−inf)), padded query rows hold a harmless uniform row."""
+        padded tokens are exactly 0 (exp(−inf)), padded query rows hold a harmless uniform row.
+        SINK: `sink` more all-zero tokens (score 0) count in the denominator only (PuLID's padding,
+        `method.attention`), with the row maximum taken over them too (m ≥ 0) as the torch path does."""
         q = tl.load(q_row + offs_l[:, None] * sq_l + offs_d[None, :] * sq_d,
                     mask=(offs_l[:, None] < L) & (offs_d[None, :] < D), other=0.0)       # (BLOCK_L, D_PAD)
         k = tl.load(k_row + offs_t[:, None] * sk_t + offs_d[None, :] * sk_d,
@@ -56,8 +58,13 @@ if KERNELS_DEFINED:
         scores = scores * scale                                                            # (BLOCK_L, T_PAD)
         scores = tl.where(offs_t[None, :] < T, scores, float("-inf"))
         row_max = tl.max(scores, axis=1)
+        if SINK:
+            row_max = tl.maximum(row_max, 0.0)
         e = tl.exp(scores - row_max[:, None])
-        return e / tl.sum(e, axis=1)[:, None]
+        denominator = tl.sum(e, axis=1)
+        if SINK:
+            denominator += sink * tl.exp(-row_max)
+        return e / denominator[:, None]
 
     @triton.jit
     def _load_values(v_row, offs_t, offs_d, sv_t, sv_d, T, D):
@@ -129,9 +136,9 @@ if KERNELS_DEFINED:
     def direct_kernel(q_ptr, k_ptr, v_ptr, out_ptr,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
                       so_b, so_h, so_l, so_d,
-                      H, L, T, D, scale, s, p, zero_pow, clamp_max, w, wc, eps,
+                      H, L, T, D, scale, sink, s, p, zero_pow, clamp_max, w, wc, eps,
                       SCALE_POWER: tl.constexpr, OUT_ADAIN: tl.constexpr, NATIVE: tl.constexpr,
-                      PARTS: tl.constexpr,
+                      SINK: tl.constexpr, PARTS: tl.constexpr,
                       BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
         """grid (cdiv(L, BLOCK_L), B·H). A' = min(s·Aᵖ, clamp_max) elementwise, A = softmax over T."""
         pid_l = tl.program_id(0)
@@ -142,7 +149,7 @@ if KERNELS_DEFINED:
         offs_t = tl.arange(0, T_PAD)
         offs_d = tl.arange(0, D_PAD)
         a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
-                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)                    # (BLOCK_L, T_PAD)
+                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, sink, NATIVE, SINK)        # (BLOCK_L, T_PAD)
         v = _load_values(v_ptr + b * sv_b + h * sv_h, offs_t, offs_d, sv_t, sv_d, T, D)    # (T_PAD, D_PAD)
         if SCALE_POWER:
             base = tl.maximum(a, 0.0)
@@ -161,8 +168,9 @@ if KERNELS_DEFINED:
     @_jit
     def probs_kernel(q_ptr, k_ptr, probs_ptr,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_t, sk_d,
-                     H, L, T, D, scale,
-                     NATIVE: tl.constexpr, BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
+                     H, L, T, D, scale, sink,
+                     NATIVE: tl.constexpr, SINK: tl.constexpr,
+                     BLOCK_L: tl.constexpr, T_PAD: tl.constexpr, D_PAD: tl.constexpr):
         """grid (cdiv(L, BLOCK_L), B·H): probs[b·H + h, t, l] = softmax(q·kᵀ/√d)[b, h, l, t]."""
         pid_l = tl.program_id(0)
         rh = tl.program_id(1)
@@ -172,7 +180,7 @@ if KERNELS_DEFINED:
         offs_t = tl.arange(0, T_PAD)
         offs_d = tl.arange(0, D_PAD)
         a = _face_probs(q_ptr + b * sq_b + h * sq_h, k_ptr + b * sk_b + h * sk_h, offs_l, offs_t, offs_d,
-                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, NATIVE)
+                        sq_l, sq_d, sk_t, sk_d, L, T, D, scale, sink, NATIVE, SINK)
         dst = probs_ptr + rh * T * L + offs_t[None, :] * L + offs_l[:, None]
         tl.store(dst, a, mask=(offs_l[:, None] < L) & (offs_t[None, :] < T))
 

@@ -12,6 +12,15 @@ Shapes (diffusers naming):
     k, v       (B, heads, T, d)   face-token keys / values
     attn       (B, heads, L, T)   face attention probabilities ("rows" = B)
 
+The zero-token sink (PuLID): sd-webui-controlnet's PuLID appends `sink` all-zero tokens (8 or 16)
+to its 10 id tokens, and its K/V projections have no bias, so those tokens have k = v = 0 exactly:
+each scores 0 and adds exp(0) = 1 to the softmax denominator and nothing to A·V. `sink=n` says so
+without materialising them: A = exp(s)/(Σ_T exp(s) + n) over the T real tokens, which equals
+explicit zero-padding of k and v to T + n tokens for no transform and for the (elementwise)
+scale-power. The softmask's per-token statistics and its map AdaIN run over the T real tokens only:
+the padding carries no face, so it neither takes part in the min-max pools nor dilutes the AdaIN's
+mean and spread (a choice of FastFace's; the authors' code has no PuLID).
+
 Inside, the map is kept *token-major*, (B, heads, T, L): it is produced that way by one matmul
 (K'·Qᵀ), every reduction over L (quantile, min/max) runs along contiguous memory, and the
 softmax / AdaIN over the T face tokens is a reduction over an outer axis, which PyTorch runs far
@@ -52,32 +61,42 @@ class KernelSwitch:
 
 
 # -- the face branch ---------------------------------------------------------------------------
-def face_probs_token_major(q: Tensor, k: Tensor) -> Tensor:
-    """softmax(q·kᵀ/√d) over the face tokens, fp32, token-major (B, heads, T, L)."""
+def face_probs_token_major(q: Tensor, k: Tensor, sink: int = 0) -> Tensor:
+    """softmax(q·kᵀ/√d) over the face tokens, fp32, token-major (B, heads, T, L); with `sink`
+    zero tokens (score 0) in the denominator only."""
     qf, kf = f32(q), f32(k)
     scores = torch.matmul(kf * (qf.shape[-1] ** -0.5), qf.transpose(-1, -2))  # (B, h, T, L)
-    return scores.softmax(dim=-2)
+    if not sink:
+        return scores.softmax(dim=-2)
+    # exp(s − m) / (Σ exp(s − m) + sink·exp(−m)) with m = max(max_T s, 0), the largest score of the
+    # padded softmax, so nothing overflows
+    top = scores.amax(dim=-2, keepdim=True).clamp_min_(0.0)          # (B, h, 1, L)
+    e = scores.sub_(top).exp_()
+    return e.div_(e.sum(dim=-2, keepdim=True).add_(top.neg_().exp_().mul_(float(sink))))
 
 
 def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionTransform] = None, *,
-                 recorder: Optional[Recorder] = None, kernels: Optional[KernelSwitch] = None) -> Tensor:
+                 sink: int = 0, recorder: Optional[Recorder] = None,
+                 kernels: Optional[KernelSwitch] = None) -> Tensor:
     """softmax(q·kᵀ/√d) [→ transform] · v in fp32; returns (B, heads, L, d) in q's dtype.
 
+    `sink`: the number of extra all-zero face tokens (k = v = 0) the host's softmax has (PuLID's
+    padding; module docstring), counted in the denominator and never materialised.
     `recorder(attn, attn_transformed)` (both (B, heads, L, T) fp32 views; the second None without
     a transform) sees the maps of this very call; `kernels` allows the fused Triton kernels on
     CUDA (never while recording)."""
     if kernels is not None and kernels.enabled and recorder is None:
-        out = _fused(q, k, v, transform, kernels)
+        out = _fused(q, k, v, transform, kernels, sink)
         if out is not None:
             return out
-    if transform is None and recorder is None:
+    if transform is None and recorder is None and not sink:
         return as_dtype(F.scaled_dot_product_attention(f32(q), f32(k), f32(v)), q.dtype)
     vf = f32(v)
-    probs = face_probs_token_major(q, k)                           # (B, h, T, L)
+    probs = face_probs_token_major(q, k, sink)                     # (B, h, T, L)
     if transform is None:
         mapped = probs
     elif hasattr(transform, "token_major"):
-        mapped = transform.token_major(probs)
+        mapped = transform.token_major(probs, complete=False) if sink else transform.token_major(probs)
     else:
         mapped = transform(probs.transpose(-1, -2)).transpose(-1, -2)
     if recorder is not None:
@@ -150,7 +169,7 @@ def _make_centre_and_mean(d: int, device: torch.device) -> Tensor:
     return matrix
 
 
-def _fused(q, k, v, transform, kernels: KernelSwitch) -> Optional[Tensor]:
+def _fused(q, k, v, transform, kernels: KernelSwitch, sink: int = 0) -> Optional[Tensor]:
     """The fused Triton face branch, or None (unavailable / unsupported / failed → torch path)."""
     try:
         from ..kernels import launch
@@ -159,7 +178,7 @@ def _fused(q, k, v, transform, kernels: KernelSwitch) -> Optional[Tensor]:
     if not launch.available(q.device):   # CUDA with Triton (or Triton's interpreter in tests)
         return None
     try:
-        return launch.face_attention(q, k, v, transform)
+        return launch.face_attention(q, k, v, transform, sink=sink)
     except NotImplementedError:
         return None
     except Exception as exc:  # a kernel error must never fail the generation

@@ -254,9 +254,10 @@ class ScalePower:
     def __call__(self, attn: Tensor) -> Tensor:
         return scale_power(attn, self.s, self.p, self.clamp_max)
 
-    def token_major(self, probs: Tensor) -> Tensor:
+    def token_major(self, probs: Tensor, complete: bool = True) -> Tensor:
         """On softmax output (in [0, 1], so the floor at 0 of `scale_power` is moot): pow, scale,
-        and the clamp only where it can bind (s·Aᵖ ≤ s)."""
+        and the clamp only where it can bind (s·Aᵖ ≤ s). Elementwise, so `complete` (whether the
+        tokens hold the whole softmax, i.e. no sink) changes nothing."""
         out = probs.pow(self.p)
         if self.s != 1.0:
             out = out.mul_(self.s)
@@ -279,11 +280,15 @@ class Softmask:
     def output_adain(self) -> Optional[float]:
         return self.adain
 
-    def token_major(self, probs: Tensor) -> Tensor:
+    def token_major(self, probs: Tensor, complete: bool = True) -> Tensor:
+        """`complete`: the T tokens hold the whole softmax (each map sums to 1 over them). Not so
+        with a zero-token sink (PuLID), whose share is left out: the AdaIN's reference mean is then
+        measured, not 1/T."""
         masked = _softmask_token_major(probs, self.quantile, self.d, self.s, self.invert_first,
                                        self.clamp_max, self.groups)
         # AdaIN on the map: statistics over the face tokens (dim 2 in token-major layout)
-        return adain_blend_lean(masked, probs, self.adain, dim=2, reference_mean=1.0 / probs.shape[2])
+        return adain_blend_lean(masked, probs, self.adain, dim=2,
+                                reference_mean=1.0 / probs.shape[2] if complete else None)
 
     def __call__(self, attn: Tensor) -> Tensor:
         probs = attn.float().transpose(-1, -2).contiguous()
@@ -295,13 +300,15 @@ def part_enabled(args: FastFaceArgs, part: str) -> bool:
 
 
 def transform_for(args: FastFaceArgs, part: str, step: int, total: int,
-                  groups: Groups = None) -> Optional[AttentionTransform]:
+                  groups: Groups = None, background_token: bool = True) -> Optional[AttentionTransform]:
     """The transform for one attn2 layer in UNet part `part` ('down' / 'mid' / 'up') at a step,
     or None when AM leaves that layer alone (the host then keeps its own fused path).
 
     `groups` limits the softmask's min-max pooling to the rows of one image: an int P pools rows
     r ≡ r' (mod P) (hosts pass the images per batch or rows per chunk), a tensor gives one id per
-    row; None pools every row of the call, like the authors' code."""
+    row; None pools every row of the call, like the authors' code. `background_token=False` for an
+    adapter whose token 0 is not FaceID-Plus-v2's background token (PuLID): *Invert first token*
+    does not apply to it."""
     if not args.enabled or args.am_mode == "off" or not part_enabled(args, part):
         return None
     if args.am_mode == "scale-power":
@@ -309,7 +316,7 @@ def transform_for(args: FastFaceArgs, part: str, step: int, total: int,
         return ScalePower(s=s, p=args.sp_p, clamp_max=args.clamp_max)
     if args.am_mode == "softmask":
         d, s = softmask_params(step, total, args)
-        return Softmask(quantile=args.sm_quantile, d=d, s=s, invert_first=args.sm_invert_first,
+        return Softmask(quantile=args.sm_quantile, d=d, s=s, invert_first=args.sm_invert_first and background_token,
                         clamp_max=args.clamp_max, adain=args.sm_adain, groups=groups)
     raise ValueError(f"unknown AM mode {args.am_mode!r}")
 
@@ -322,12 +329,13 @@ class TransformCache:
         self.args = args
         self._memo: dict = {}
 
-    def get(self, part: str, step: int, total: int, groups: Groups = None) -> Optional[AttentionTransform]:
+    def get(self, part: str, step: int, total: int, groups: Groups = None,
+            background_token: bool = True) -> Optional[AttentionTransform]:
         if isinstance(groups, Tensor):   # not hashable by value: no memo
-            return transform_for(self.args, part, step, total, groups)
-        key = (part, step, total, groups)
+            return transform_for(self.args, part, step, total, groups, background_token)
+        key = (part, step, total, groups, background_token)
         try:
             return self._memo[key]
         except KeyError:
-            transform = self._memo[key] = transform_for(self.args, part, step, total, groups)
+            transform = self._memo[key] = transform_for(self.args, part, step, total, groups, background_token)
             return transform

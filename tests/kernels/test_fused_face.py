@@ -195,7 +195,8 @@ def test_scale_power_any_parameters(seed, s, p, clamp, adain, tokens):
                    conditioning=rounding_sensitivity(q, k, v, transform))
 
 
-@pytest.mark.parametrize("case", ["tensor groups", "unknown transform", "17 tokens", "mixed dtypes", "needs grad"])
+@pytest.mark.parametrize("case", ["tensor groups", "unknown transform", "33 tokens", "mixed dtypes", "needs grad",
+                                  "negative sink"])
 def test_outside_the_contract_raises_not_implemented(case):
     q, k, v = inputs(6, rows=2, heads=1, length=8)
     transform = SCALE_POWER
@@ -208,14 +209,14 @@ def test_outside_the_contract_raises_not_implemented(case):
             def __call__(self, attn):
                 return attn * 2
         transform = Doubler()
-    elif case == "17 tokens":
-        q, k, v = inputs(6, rows=2, heads=1, length=8, tokens=17)
+    elif case == "33 tokens":
+        q, k, v = inputs(6, rows=2, heads=1, length=8, tokens=33)
     elif case == "mixed dtypes":
         k = k.half()
     elif case == "needs grad":
         q.requires_grad_(True)
     with pytest.raises(NotImplementedError):
-        face_attention(q, k, v, transform)
+        face_attention(q, k, v, transform, sink=-1 if case == "negative sink" else 0)
 
 
 def test_available_needs_cuda_or_the_interpreter():
@@ -265,3 +266,49 @@ def test_kernel_count_per_call(monkeypatch):
         launched.clear()
         face_attention(q, k, v, transform)
         assert launched == expected
+
+
+# -- PuLID: T = 10 id tokens plus the zero-token sink (8 "Fidelity", 16 "Extremely style") ----------
+def zero_padded(k, v, sink):
+    """k and v with `sink` explicit all-zero tokens appended (what sd-webui-controlnet's PuLID does)."""
+    pad = k.new_zeros(k.shape[0], k.shape[1], sink, k.shape[3])
+    return torch.cat((k, pad), dim=2), torch.cat((v, pad), dim=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("sink", [8, 16])
+@pytest.mark.parametrize("transform", [None, SCALE_POWER], ids=["none", "scale-power"])
+def test_sink_kernels_match_torch_and_explicit_padding(dtype, sink, transform):
+    """L = 20 with 16-query blocks (the last one partial), T = 10: the kernel equals the torch path's
+    sink, and both equal zero-padding k and v to T + sink tokens (kernel at T + sink ≤ 32)."""
+    q, k, v = inputs(11, rows=2, heads=2, tokens=10, dtype=dtype)
+    got = face_attention(q, k, v, transform, sink=sink, block_l=BLOCK)
+    assert_matches(got, ip_attention(q, k, v, transform, sink=sink))
+    k_pad, v_pad = zero_padded(k, v, sink)
+    assert_matches(got, ip_attention(q, k_pad, v_pad, transform))
+    if dtype == torch.float32:   # the padded call through the kernels too (T = 18 / 26)
+        assert_matches(face_attention(q, k_pad, v_pad, transform, block_l=BLOCK), got)
+    assert (got.float() - face_attention(q, k, v, transform, block_l=BLOCK).float()).abs().max() > 1e-3, \
+        "the sink must change the output"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("sink", [8, 16])
+def test_sink_softmask_kernels_match_torch(dtype, sink):
+    """Softmask with the sink: statistics over the 10 real tokens, in the kernels as in the torch path."""
+    transform = Softmask(quantile=0.65, d=5.0, s=1.55, invert_first=False, adain=0.7, groups=2)
+    q, k, v = inputs(12, rows=2, heads=1, tokens=10, dtype=dtype)
+    assert_matches(face_attention(q, k, v, transform, sink=sink, block_l=BLOCK),
+                   reference_sink(q, k, v, transform, sink))
+
+
+def test_thirty_two_tokens_are_served():
+    """PuLID v1.1's IDFormer has 32 id tokens: the kernels take T = 32."""
+    q, k, v = inputs(13, rows=1, heads=1, tokens=32)
+    assert_matches(face_attention(q, k, v, SCALE_POWER, block_l=BLOCK), reference(q, k, v, SCALE_POWER))
+
+
+def reference_sink(q, k, v, transform, sink):
+    if isinstance(transform, Softmask) and isinstance(transform.groups, int):
+        transform = dataclasses.replace(transform, groups=torch.arange(q.shape[0]) % transform.groups)
+    return ip_attention(q, k, v, transform, sink=sink)

@@ -23,13 +23,13 @@ def fake_kernels(monkeypatch):
     def available(device):
         return True
 
-    def face_attention(q, k, v, transform):
+    def face_attention(q, k, v, transform, sink=0):
         calls.append(type(transform).__name__)
         if module.behaviour == "unsupported":
             raise NotImplementedError("tensor groups")
         if module.behaviour == "broken":
             raise RuntimeError("an illegal memory access was encountered")
-        return ip_attention(q, k, v, transform) + 1.0   # recognisable
+        return ip_attention(q, k, v, transform, sink=sink) + 1.0   # recognisable
 
     module.available, module.face_attention = available, face_attention
     monkeypatch.setitem(sys.modules, "fastface.kernels.launch", module)
