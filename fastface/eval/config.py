@@ -187,7 +187,7 @@ def load_config(path: str) -> Config:
     if cfg.timeout <= 0:
         raise bad("timeout", "must be positive")
     if not cfg.unit.get("model") or not cfg.unit.get("module"):
-        raise bad("unit", "the FaceID unit needs 'module' (the preprocessor) and 'model' (the FaceID adapter)")
+        raise bad("unit", "the identity unit needs 'module' (the preprocessor) and 'model' (the FaceID or PuLID adapter)")
     if os.path.realpath(cfg.output) in (os.path.realpath(base), os.path.realpath(cfg.identities)):
         raise bad("output", "use a folder of its own (everything the command writes goes there)")
     return cfg

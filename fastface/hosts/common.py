@@ -161,6 +161,8 @@ class Job:
     rows: dict = field(default_factory=lambda: defaultdict(int))
     calls: dict = field(default_factory=lambda: defaultdict(int))
     am_calls: Counter = field(default_factory=Counter)
+    am_adapters: Counter = field(default_factory=Counter)   # transformed calls per adapter kind
+    adapter_facts: dict = field(default_factory=dict)       # what a host learnt once about an adapter
     passes: int = 0
     # host scratch for the running pass (set and cleared by the host adapter)
     current_pass: Any = None
@@ -217,7 +219,10 @@ class Job:
         rows = {f"{pas}/{step}": n for (pas, step), n in sorted(self.rows.items())}
         calls = {f"{pas}/{step}": n for (pas, step), n in sorted(self.calls.items())}
         am = {f"{pas}/{step}/{part}": n for (pas, step, part), n in sorted(self.am_calls.items())}
-        return json.dumps({"rows": rows, "calls": calls, "am": am}, separators=(",", ":"))
+        trace = {"rows": rows, "calls": calls, "am": am}
+        if self.am_adapters:
+            trace["am_adapters"] = dict(sorted(self.am_adapters.items()))
+        return json.dumps(trace, separators=(",", ":"))
 
 
 def guarded(where: str, fallback: Callable[..., Any] | None = None):

@@ -17,7 +17,9 @@ the `readout` field is ticked):
 The FaceID unit is read from ControlNet's own script arguments (`p.script_args` between its
 `args_from` and `args_to`; sd-webui-controlnet and Forge's built-in ControlNet both keep units
 there, as objects or, from the API, dicts): its image(s), or on A1111 a precomputed
-`ipadapter_input` embedding. Duck-typed; anything unexpected means "no reference" and a note.
+`ipadapter_input` embedding. A PuLID unit (A1111) counts as the FaceID unit: its image(s) are the
+reference (its `ipadapter_input` holds antelopev2 and EVA-CLIP features, not the readout's embedding).
+Duck-typed; anything unexpected means "no reference" and a note.
 """
 from __future__ import annotations
 
@@ -188,6 +190,14 @@ def is_faceid_unit(unit) -> bool:
     return "faceid" in model.replace("_", "").replace("-", "") or "face_id" in module
 
 
+def is_pulid_unit(unit) -> bool:
+    """sd-webui-controlnet's PuLID (module `ip-adapter_pulid`, a model file named *pulid*): an identity
+    adapter whose reference image the readout compares with, as for FaceID."""
+    model = str(_get(unit, "model", "") or "").lower()
+    module = str(_get(unit, "module", "") or "").lower()
+    return "pulid" in model or "pulid" in module
+
+
 def controlnet_units(p) -> list:
     runner = getattr(p, "scripts", None)
     args = list(getattr(p, "script_args", None) or [])
@@ -204,17 +214,22 @@ def controlnet_units(p) -> list:
 
 
 def faceid_unit_inputs(p, problems: Optional[list] = None) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
-    """(reference images as RGB arrays, precomputed embeddings, whether an enabled FaceID unit exists);
+    """(reference images as RGB arrays, precomputed embeddings, whether an enabled FaceID or PuLID unit
+    exists);
     what could not be read is described in `problems`."""
     problems = [] if problems is None else problems
     images: list[np.ndarray] = []
     embeddings: list[np.ndarray] = []
     found = False
     for unit in controlnet_units(p):
-        if not _get(unit, "enabled", False) or not is_faceid_unit(unit):
+        if not _get(unit, "enabled", False) or not (is_faceid_unit(unit) or is_pulid_unit(unit)):
             continue
         found = True
         precomputed = _get(unit, "ipadapter_input")
+        if precomputed is not None and is_pulid_unit(unit):
+            # PuLID's precomputed input is antelopev2 + EVA-CLIP features, not the readout's embedding
+            problems.append("a PuLID unit's ipadapter_input holds no face the readout can compare with")
+            continue
         if precomputed is not None:
             embeddings += [e for e in (_embedding(x, problems) for x in _as_list(precomputed)) if e is not None]
             continue

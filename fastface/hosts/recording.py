@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..method.attention import ip_attention
+from ..method.attention import face_probs_token_major, ip_attention
 from ..views.attnmaps import AttentionRecorder, token_layout
 from .common import Job, log
 
@@ -40,7 +40,8 @@ class Recording:
     """Per job: the recorder plus the host's row bookkeeping."""
 
     recorder: AttentionRecorder = field(default_factory=AttentionRecorder)
-    adapter: Any = None              # id() of the one FaceID adapter recorded (the first one seen)
+    adapter: Any = None              # id() of the one identity adapter recorded (the first one seen)
+    pulid: bool = False              # it is a PuLID unit (10 id tokens)
     plus: bool = False
     v2: Optional[bool] = None
     first_image: int = 0             # job-wide index of this batch's first image
@@ -82,10 +83,10 @@ def start_pass(job: Job, p, host_rows: Optional[Callable] = None) -> None:
         give_up(job, exc)
 
 
-def adapter_ok(rec: Recording, adapter, plus: bool, v2: Optional[bool]) -> bool:
-    """Record one FaceID adapter per job (the first seen); remember what kind it is."""
+def adapter_ok(rec: Recording, adapter, plus: bool, v2: Optional[bool], pulid: bool = False) -> bool:
+    """Record one identity adapter (FaceID or PuLID) per job (the first seen); remember what kind it is."""
     if rec.adapter is None:
-        rec.adapter, rec.plus, rec.v2 = id(adapter), plus, v2
+        rec.adapter, rec.plus, rec.v2, rec.pulid = id(adapter), plus, v2, pulid
     return rec.adapter == id(adapter)
 
 
@@ -96,7 +97,7 @@ def give_up(job: Job, exc: BaseException) -> None:
         job.recording = None
 
 
-def face_attention(q, k, v, transform, *, kernels=None, recorder=None):
+def face_attention(q, k, v, transform, *, sink=0, kernels=None, recorder=None):
     """`ip_attention` while recording, with exactly the output the job gets without recording.
 
     Normally the maps come from the call itself (`recorder=`: the torch path, which is also the
@@ -105,10 +106,10 @@ def face_attention(q, k, v, transform, *, kernels=None, recorder=None):
     the output by rounding; there the output comes from the kernels as without recording and the
     maps are computed beside it."""
     if recorder is not None and kernels is not None and kernels.enabled and _kernels_run(q):
-        out = ip_attention(q, k, v, transform, kernels=kernels)
-        record_maps(recorder, q, k, transform)
+        out = ip_attention(q, k, v, transform, sink=sink, kernels=kernels)
+        record_maps(recorder, q, k, transform, sink=sink)
         return out
-    return ip_attention(q, k, v, transform, recorder=recorder, kernels=kernels)
+    return ip_attention(q, k, v, transform, sink=sink, recorder=recorder, kernels=kernels)
 
 
 def _kernels_run(q) -> bool:
@@ -119,16 +120,21 @@ def _kernels_run(q) -> bool:
     return bool(available(q.device))
 
 
-def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor, transform=None) -> None:
+def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor, transform=None, *, sink: int = 0) -> None:
     """Where the face branch's map is not materialised (the host's own fused code, or FastFace's
     fused kernels): the map from the same q and k (and the transform, if any), for the preview
-    only; the output is not touched."""
+    only; the output is not touched. `sink`: zero tokens in the denominator (PuLID)."""
     if recorder is None:
         return
     with torch.no_grad():
-        scores = torch.matmul(query.float(), ip_k.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5)
-        attn = scores.softmax(dim=-1)
-        recorder(attn, None if transform is None else transform(attn))
+        if not sink:
+            scores = torch.matmul(query.float(), ip_k.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5)
+            attn = scores.softmax(dim=-1)
+            recorder(attn, None if transform is None else transform(attn))
+            return
+        probs = face_probs_token_major(query, ip_k, sink)                 # (B, h, T, L)
+        mapped = None if transform is None else transform.token_major(probs, complete=False).transpose(-1, -2)
+        recorder(probs.transpose(-1, -2), mapped)
 
 
 # -- after the job ------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def _finish(rec: Recording, processed) -> int:
 
     maps = rec.recorder.images()
     if not maps:
-        log.info("Show face attention: no FaceID face attention was recorded (no FaceID unit?)")
+        log.info("Show face attention: no face attention was recorded (no FaceID or PuLID unit?)")
         return 0
     images = list(getattr(processed, "images", None) or [])
     first = int(getattr(processed, "index_of_first_image", 0) or 0)
@@ -161,7 +167,8 @@ def _finish(rec: Recording, processed) -> int:
     extra = getattr(processed, "extra_images", None)
     target = extra if isinstance(extra, list) else processed.images
     tokens = maps[0].tokens
-    layout = token_layout(tokens, plus=rec.plus, v2=rec.v2, portrait=not rec.plus and tokens % 16 == 0)
+    layout = token_layout(tokens, plus=rec.plus, v2=rec.v2, portrait=not rec.plus and tokens % 16 == 0,
+                          pulid=rec.pulid)
     added = 0
     for image_maps in maps:
         if image_maps.image < len(generated):

@@ -214,11 +214,16 @@ class TokenLayout:
 
 
 def token_layout(tokens: int, *, plus: bool = False, v2: Optional[bool] = None,
-                 portrait: bool = False) -> TokenLayout:
+                 portrait: bool = False, pulid: bool = False) -> TokenLayout:
     """FaceID / Plus v1: one mosaic of all tokens. Plus-v2 (or a Plus whose version the host cannot
     tell): token 0, the background token, separately and the others as the face mosaic. Portrait:
-    16 tokens per face, one 4×4 mosaic per face."""
+    16 tokens per face, one 4×4 mosaic per face. PuLID: its 10 id tokens (the zero padding is not
+    shown) as two groups, the 5 of the MLP over the face embedding and the 5 of the EVA-CLIP layers."""
     every = tuple(range(tokens))
+    if pulid:
+        half = min(5, tokens)
+        groups = (("id (MLP)", every[:half]),) + ((("id (EVA-CLIP layers)", every[half:]),) if tokens > half else ())
+        return TokenLayout("PuLID", groups)
     if portrait and tokens >= 16 and tokens % 16 == 0:
         faces = tokens // 16
         groups = tuple((f"face {k + 1}" if faces > 1 else "face", tuple(range(16 * k, 16 * k + 16)))

@@ -34,3 +34,14 @@ def test_a_server_can_have_its_own_unit(workspace, servers):
     units = [q["alwayson_scripts"]["ControlNet"]["args"][0] for q in b.requests]
     assert {u["module"] for u in units} == {forge_unit["module"]} and all(u["weight"] == 0.7 for u in units)
 
+
+
+def test_a_pulid_unit_is_sent_as_written(workspace, servers):
+    """Issue 13: fastface-eval with sd-webui-controlnet's PuLID — module, model and the PuLID mode
+    reach every request's unit, with the unit weight λ and the identity's photo."""
+    a = servers(name="A")
+    unit = {"module": "ip-adapter_pulid", "model": "ip-adapter_pulid_sdxl_fp16", "pulid_mode": "Extremely style"}
+    assert main(["--config", write_config(workspace, [a], unit=unit)]) == 0
+    sent = [q["alwayson_scripts"]["controlnet"]["args"][0] for q in a.requests]
+    assert sent and all(u["module"] == "ip-adapter_pulid" and u["model"] == "ip-adapter_pulid_sdxl_fp16"
+                        and u["pulid_mode"] == "Extremely style" and u["weight"] == 0.7 and u["image"] for u in sent)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 POSITIVE_MARK_TOKEN, NEGATIVE_MARK_TOKEN, MARK_EPS = 1024.0, -1024.0, 1e-3  # controlnet scripts/hook.py
-C, HEADS, T_FACE = 8, 2, 4
+C, HEADS, T_FACE, T_PULID = 8, 2, 4, 10
 
 
 # --- modules.script_callbacks / modules.shared ------------------------------------------------------
@@ -53,18 +53,66 @@ class ControlNetState:
 
 
 class FakeIPAdapterModel:
-    def __init__(self, is_faceid: bool, seed: int):
+    """ipadapter_model.py IPAdapterModel: `ip_layers.to_kvs` (`To_KV`, L51-58: bias-free Linears keyed
+    "{2n+1}_to_{k,v}_ip"), the kind flags (L279-281), and the unit's image embedding. PuLID (L243-269,
+    image_proj_models.py L274-333): 10 id tokens; its uncond is the encoder applied to zeros, not zero."""
+
+    def __init__(self, is_faceid: bool, seed: int, is_pulid: bool = False, kv_bias: bool = False):
         g = torch.Generator().manual_seed(seed)
-        self.is_faceid, self.is_pulid = is_faceid, False
+        self.is_faceid, self.is_pulid = is_faceid, is_pulid
+        self.is_plus = self.is_v2 = False
         self.to_kvs = {}
         for number in range(3):
             for kind in ("k", "v"):
-                lin = torch.nn.Linear(C, C, bias=False)
+                lin = torch.nn.Linear(C, C, bias=kv_bias)
                 with torch.no_grad():
                     lin.weight.copy_(torch.randn(C, C, generator=g) * 0.5)
+                    if kv_bias:
+                        lin.bias.copy_(torch.randn(C, generator=g) * 0.5)
                 self.to_kvs[f"{number * 2 + 1}_to_{kind}_ip"] = lin
-        self.cond_emb = torch.randn(1, T_FACE, C, generator=g)
-        self.uncond_emb = torch.zeros(1, T_FACE, C)
+        self.ip_layers = SimpleNamespace(to_kvs=self.to_kvs)
+        tokens = T_PULID if is_pulid else T_FACE
+        self.cond_emb = torch.randn(1, tokens, C, generator=g)
+        self.uncond_emb = torch.randn(1, tokens, C, generator=g) * 0.3 if is_pulid else torch.zeros(1, tokens, C)
+
+
+class PuLIDAttnSetting:
+    """pulid_attn.py L7-81 as written (the zero tokens materialised, SDPA, ortho / ortho_v2 onto x)."""
+
+    def __init__(self, num_zero=0, ortho=False, ortho_v2=False):
+        self.num_zero, self.ortho, self.ortho_v2 = num_zero, ortho, ortho_v2
+
+    def eval(self, hidden_states, query, id_embedding, attn_heads, head_dim, id_to_k, id_to_v):
+        batch_size = hidden_states.shape[0]
+        if self.num_zero == 0:
+            id_key, id_value = id_to_k(id_embedding).to(query.dtype), id_to_v(id_embedding).to(query.dtype)
+        else:
+            zero_tensor = torch.zeros((id_embedding.size(0), self.num_zero, id_embedding.size(-1)),
+                                      dtype=id_embedding.dtype, device=id_embedding.device)
+            id_key = id_to_k(torch.cat((id_embedding, zero_tensor), dim=1)).to(query.dtype)
+            id_value = id_to_v(torch.cat((id_embedding, zero_tensor), dim=1)).to(query.dtype)
+        id_key = id_key.view(batch_size, -1, attn_heads, head_dim).transpose(1, 2)
+        id_value = id_value.view(batch_size, -1, attn_heads, head_dim).transpose(1, 2)
+        id_hidden_states = F.scaled_dot_product_attention(query, id_key, id_value)
+        id_hidden_states = id_hidden_states.transpose(1, 2).reshape(batch_size, -1, attn_heads * head_dim).to(query.dtype)
+        if not self.ortho and not self.ortho_v2:
+            return id_hidden_states
+        orig_dtype = hidden_states.dtype
+        hidden_states, id_hidden_states = hidden_states.to(torch.float32), id_hidden_states.to(torch.float32)
+        projection = (torch.sum(hidden_states * id_hidden_states, dim=-2, keepdim=True)
+                      / torch.sum(hidden_states * hidden_states, dim=-2, keepdim=True) * hidden_states)
+        if self.ortho_v2:
+            attn_map = query @ id_key.transpose(-2, -1)
+            attn_mean = attn_map.softmax(dim=-1).mean(dim=1)
+            attn_mean = attn_mean[:, :, :5].sum(dim=-1, keepdim=True)
+            return (id_hidden_states + (attn_mean - 1) * projection).to(orig_dtype)
+        return (id_hidden_states - projection).to(orig_dtype)
+
+
+# pulid_attn.py L84-94; scripts/controlnet.py L1161-1166 picks one by the unit's PuLID mode
+PULID_SETTING_FIDELITY = PuLIDAttnSetting(num_zero=8, ortho=False, ortho_v2=True)
+PULID_SETTING_STYLE = PuLIDAttnSetting(num_zero=16, ortho=True, ortho_v2=False)
+PULID_MODES = {"Fidelity": PULID_SETTING_FIDELITY, "Extremely style": PULID_SETTING_STYLE}
 
 
 class PlugableIPAdapter:
@@ -72,8 +120,9 @@ class PlugableIPAdapter:
     attn_eval dispatches to _attn_eval_ipadapter (L200-238, fused SDPA), patch_forward's closure
     blends cond/uncond embeddings by cond_mark (ImageEmbed.eval) and scales by weight."""
 
-    def __init__(self, is_faceid=True, seed=0, weight=0.8):
-        self.ipadapter = FakeIPAdapterModel(is_faceid, seed)
+    def __init__(self, is_faceid=True, seed=0, weight=0.8, pulid_mode=None, kv_bias=False):
+        self.ipadapter = FakeIPAdapterModel(is_faceid, seed, is_pulid=pulid_mode is not None, kv_bias=kv_bias)
+        self.pulid_attn_setting = PULID_MODES[pulid_mode] if pulid_mode else None   # hook() L134
         self.cache = {}
         self.weight = weight
         self.eval_calls = 0
@@ -81,11 +130,16 @@ class PlugableIPAdapter:
     def call_ip(self, key, feat, device):
         if key in self.cache:
             return self.cache[key]
-        ip = self.ipadapter.to_kvs[key](feat).to(device)
+        ip = self.ipadapter.ip_layers.to_kvs[key](feat).to(device)
         self.cache[key] = ip
         return ip
 
     def attn_eval(self, hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v):
+        if self.ipadapter.is_pulid:   # L218-228
+            assert self.pulid_attn_setting is not None
+            self.eval_calls += 1
+            return self.pulid_attn_setting.eval(hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim,
+                                                emb_to_k, emb_to_v)
         return self._attn_eval_ipadapter(hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim,
                                          emb_to_k, emb_to_v)
 

@@ -34,6 +34,10 @@ CATALOGUE = {
     "sd-webui-controlnet's IP-Adapter code was not found: no attention transform": None,
     "hires pass left to the WebUI (FastFace's hires option is off)": None,
     "this sampler has no CFG denoiser FastFace knows: FastFace is off for this pass": None,
+    "PuLID unit: mode {} ({} zero tokens, projection {}), Invert first token does not apply to PuLID":
+        "PuLID unit: mode Fidelity (8 zero tokens, projection ortho_v2), Invert first token does not apply to PuLID",
+    "a PuLID unit with a setting FastFace does not know is left to sd-webui-controlnet": None,
+    "PuLID's K/V projections were not the bias-free ones FastFace knows: its zero tokens are computed explicitly": None,
     # hosts/forge
     "a ControlNet unit weights cond and uncond differently: the id-only branch takes its own UNet call": None,
     "AND prompts: DCG uses Forge's weighted average of the sub-prompts as the full branch": None,

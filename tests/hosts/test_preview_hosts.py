@@ -98,9 +98,9 @@ def _spy_face_attention(monkeypatch, job_box):
         note(q, k)
         return real_ip(q, k, v, transform, **kw)
 
-    def maps_spy(recorder, q, k, transform=None):
+    def maps_spy(recorder, q, k, transform=None, **kw):
         note(q, k)
-        return real_maps(recorder, q, k, transform)
+        return real_maps(recorder, q, k, transform, **kw)
 
     monkeypatch.setattr(recording, "ip_attention", ip_spy)
     monkeypatch.setattr(recording, "record_maps", maps_spy)
@@ -292,9 +292,9 @@ def test_recording_keeps_the_kernel_output_where_kernels_would_run(monkeypatch):
     calls = []
     real = recording.ip_attention
 
-    def spy(q, k, v, transform=None, *, recorder=None, kernels=None):
+    def spy(q, k, v, transform=None, *, sink=0, recorder=None, kernels=None):
         calls.append(dict(recorder=recorder, kernels=kernels))
-        return real(q, k, v, transform, recorder=recorder)
+        return real(q, k, v, transform, sink=sink, recorder=recorder)
 
     monkeypatch.setattr(recording, "ip_attention", spy)
     monkeypatch.setattr(recording, "_kernels_run", lambda q: True)   # as on CUDA with Triton

@@ -226,3 +226,19 @@ def test_base64_embedding_loads_past_a1111s_checked_torch_load(lm, pack, models_
     unit = faceid_unit(lm, image=None, ipadapter_input=[base64.b64encode(buf.getvalue()).decode()])
     texts, _ = generate(make_p([unit], batch_size=1), [lm.face_image(ORANGE)])
     assert texts[0][readout.ID_KEY] == "1.000"
+
+
+def test_a_pulid_unit_image_is_the_reference(lm, pack, models_at):
+    """sd-webui-controlnet's PuLID unit (issue 13): its image is the readout's reference, as for FaceID;
+    its precomputed `ipadapter_input` (antelopev2 + EVA-CLIP features) is not an embedding to compare with."""
+    models_at(pack)
+    unit = {"enabled": True, "module": "ip-adapter_pulid", "model": "ip-adapter_pulid_sdxl_fp16 [1a2b3c4d]",
+            "image": b64png(lm.face_image(RED)), "pulid_mode": "Fidelity"}
+    texts, _ = generate(make_p([unit], batch_size=2), [lm.face_image(RED), lm.face_image(ORANGE)])
+    hand = float(np.dot(lm.expected_embedding(RED), lm.expected_embedding(ORANGE)))
+    assert [t.get(readout.ID_KEY) for t in texts] == ["1.000", f"{hand:.3f}"]
+    precomputed = dict(unit, image=None, ipadapter_input=["not an embedding"])
+    problems = []
+    images, embeddings, found = readout.faceid_unit_inputs(make_p([precomputed]), problems)
+    assert found and not images and not embeddings
+    assert problems == ["a PuLID unit's ipadapter_input holds no face the readout can compare with"]

@@ -23,8 +23,9 @@ What FastFace does per sampling pass (only when enabled, all undone after the jo
   and uncond blocks; steps that need id-only but not uncond put the id-only text in the uncond
   slot instead (same row count as stock); other steps are left as they are;
 * a class-level patch of `PlugableIPAdapter.attn_eval` that clears the k/v cache before every
-  call (the batch composition changes between steps) and, for FaceID adapters in targeted parts,
-  recomputes the face branch with `fastface.method.attention.ip_attention` and the step's transform;
+  call (the batch composition changes between steps) and, for FaceID and PuLID adapters in targeted
+  parts, recomputes the face branch with `fastface.method.attention.ip_attention` and the step's
+  transform (PuLID: its 10 id tokens with the zero-token sink, then its own projection; `pulid.py`);
   forward pre-hooks on every attn2 module tell it which UNet part is running.
 
 Modules (each imports only those above it):
@@ -32,6 +33,7 @@ Modules (each imports only those above it):
     state       the per-pass state (`PassState`) and its sampler step
     preview     "Show face attention" on A1111 (the shared logic is `hosts.recording`)
     dcg         DCG: the rows of each step (`on_cfg_denoiser`) and the combination
+    pulid       PuLID's face branch as sd-webui-controlnet computes it, with the transform and the sink
     attention   AM: the patched `PlugableIPAdapter.attn_eval` and the UNet-part hooks
     passes      the entry points: `start_pass`, `end_job`
 """

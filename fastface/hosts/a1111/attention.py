@@ -1,52 +1,105 @@
-"""A1111 AM: sd-webui-controlnet's `PlugableIPAdapter.attn_eval`, patched per job, recomputes the FaceID
-face branch with the step's transform; forward pre-hooks on the attn2 modules say which UNet part runs."""
+"""A1111 AM: sd-webui-controlnet's `PlugableIPAdapter.attn_eval`, patched per job, recomputes the face
+branch of FaceID and PuLID units (`pulid.py`) with the step's transform; forward pre-hooks on the attn2
+modules say which UNet part runs."""
 from __future__ import annotations
+
+from typing import Optional
 
 from ...method.attention import ip_attention
 from ...method.blocks import unet_part
 from .. import recording
 from ..common import Job, PatchSet
-from . import preview
+from . import preview, pulid
 from .controlnet import is_faceid, plugable_ipadapter_classes
 
 
 def _patched_attn_eval(job: Job, original, transform_layers: bool):
-    """`PlugableIPAdapter.attn_eval` for this job: no k/v cache; FaceID face branch transformed
-    (when `transform_layers`), every other adapter and layer through the original code."""
+    """`PlugableIPAdapter.attn_eval` for this job: no k/v cache; the face branch of FaceID and PuLID
+    units transformed (when `transform_layers`), every other adapter and layer through the original code."""
     def attn_eval(self, hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v):
         if isinstance(getattr(self, "cache", None), dict):
             self.cache.clear()  # k/v per call: FastFace changes the rows between steps
+        kind = identity_kind(self)
         st, part = job.current_pass, job.layer_part
         transform = None
-        if transform_layers and job.active and st is not None and part and is_faceid(self) \
-                and not getattr(self.ipadapter, "is_pulid", False):
+        if transform_layers and kind is not None and job.active and st is not None and part:
             try:
                 # rows are block-major [cond images, (id images,) uncond images]: row % images is
                 # the image, so the softmask pools the branches of one image, as Forge does (an
                 # int period: a reshape inside, no tensor made per call)
                 images = st.images if hidden_states.shape[0] % st.images == 0 else None
-                transform = job.transforms.get(part, st.step, st.total, images)
+                transform = job.transforms.get(part, st.step, st.total, images, background_token=kind != "pulid")
             except Exception as exc:
                 job.fail("A1111 attention transform", exc)
+        args = (hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
         if transform is None:
-            if job.recording is not None and is_faceid(self):   # "Show face attention" only
-                preview.record_untransformed(job, self, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k)
-            return original(self, hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
+            if job.recording is not None and kind is not None:   # "Show face attention" only
+                _record_untransformed(job, self, kind, *args)
+            return original(self, *args)
         try:
-            batch = hidden_states.shape[0]
-            ip_k, ip_v = emb_to_k(cond_uncond_image_emb), emb_to_v(cond_uncond_image_emb)
-            ip_k, ip_v = (t.view(batch, -1, attn_heads, head_dim).transpose(1, 2).to(query.dtype) for t in (ip_k, ip_v))
-            if job.recording is None:
-                out = ip_attention(query, ip_k, ip_v, transform, kernels=job.kernels)   # (B, heads, L, d)
-            else:   # "Show face attention": the same output, plus the maps
-                out = recording.face_attention(query, ip_k, ip_v, transform, kernels=job.kernels,
-                                             recorder=preview.recorder(job, self, batch, transform))
+            out = _transformed(job, self, kind, transform, *args)
             job.am_calls[(st.index, st.step, job.layer_part)] += 1
-            return out.transpose(1, 2).reshape(batch, -1, attn_heads * head_dim)
+            job.am_adapters[kind] += 1
+            return out
         except Exception as exc:
             job.fail("A1111 face attention", exc)
-            return original(self, hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
+            if isinstance(getattr(self, "cache", None), dict):
+                self.cache.clear()   # the host's own code must not find FastFace's k/v
+            return original(self, *args)
     return attn_eval
+
+
+def identity_kind(adapter) -> Optional[str]:
+    """"faceid", "pulid" (with a PuLID setting FastFace knows), or None: left to the host."""
+    if is_faceid(adapter):
+        return "faceid"
+    if pulid.is_pulid(adapter) and pulid.setting_of(adapter) is not None:
+        return "pulid"
+    return None
+
+
+def _transformed(job: Job, adapter, kind, transform, hidden_states, query, emb, heads, head_dim, emb_to_k, emb_to_v):
+    batch = hidden_states.shape[0]
+    recorder = None if job.recording is None else preview.recorder(job, adapter, batch, transform)
+    if kind == "pulid":
+        out = pulid.face_branch(pulid.setting_of(adapter), hidden_states, query, emb, heads, head_dim,
+                                emb_to_k, emb_to_v, transform, sink_exact=_sink_exact(job, adapter),
+                                kernels=job.kernels, recorder=recorder)
+        adapter.cache.clear()   # the k/v cached here are of the unpadded tokens: not the host's
+        return out
+    ip_k, ip_v = emb_to_k(emb), emb_to_v(emb)
+    ip_k, ip_v = (t.view(batch, -1, heads, head_dim).transpose(1, 2).to(query.dtype) for t in (ip_k, ip_v))
+    if job.recording is None:
+        out = ip_attention(query, ip_k, ip_v, transform, kernels=job.kernels)   # (B, heads, L, d)
+    else:   # "Show face attention": the same output, plus the maps
+        out = recording.face_attention(query, ip_k, ip_v, transform, kernels=job.kernels, recorder=recorder)
+    return out.transpose(1, 2).reshape(batch, -1, heads * head_dim)
+
+
+def _record_untransformed(job: Job, adapter, kind, hidden_states, query, emb, heads, head_dim, emb_to_k, emb_to_v):
+    if kind == "faceid":
+        preview.record_untransformed(job, adapter, query, emb, heads, head_dim, emb_to_k)
+        return
+    try:
+        recorder = preview.recorder(job, adapter, query.shape[0], None)
+        pulid.record_untransformed(recorder, query, emb, heads, head_dim, emb_to_k, pulid.setting_of(adapter),
+                                   _sink_exact(job, adapter))
+    except Exception as exc:
+        recording.give_up(job, exc)
+    finally:
+        adapter.cache.clear()   # the host pads its tokens: it must not find these k
+
+
+def _sink_exact(job: Job, adapter) -> bool:
+    """Once per adapter and job: are PuLID's zero tokens null (no K/V bias)? Noted when not."""
+    key = ("pulid sink", id(adapter))
+    exact = job.adapter_facts.get(key)
+    if exact is None:
+        exact = job.adapter_facts[key] = pulid.zero_tokens_are_null(adapter)
+        if not exact:
+            job.note("PuLID's K/V projections were not the bias-free ones FastFace knows: its zero tokens are "
+                     "computed explicitly")
+    return exact
 
 
 def install_attention(job: Job, p, patches: PatchSet, transform_layers: bool) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import functools
 
 from ..common import Job, PatchSet, no_face_note
-from .attention import install_attention
-from .controlnet import ip_adapters, is_faceid
+from . import pulid
+from .attention import identity_kind, install_attention
+from .controlnet import ip_adapters
 from .dcg import combine
 from .state import PassState
 
@@ -19,6 +20,19 @@ def _install_row_counter(job: Job, p, patches: PatchSet) -> None:
             job.count_unet_call(st.index, st.step, int(inputs[0].shape[0]))   # shape: Python ints
 
     patches.on_undo(unet.register_forward_pre_hook(count).remove)
+
+
+def _note_pulid_units(job: Job, adapters) -> None:
+    """The PuLID mode once per job (sd-webui-controlnet does not write it to the infotext)."""
+    for adapter in adapters:
+        if not pulid.is_pulid(adapter):
+            continue
+        setting = pulid.setting_of(adapter)
+        if setting is None:
+            job.note("a PuLID unit with a setting FastFace does not know is left to sd-webui-controlnet")
+        else:
+            job.note(f"PuLID unit: mode {pulid.mode_name(setting)} ({setting.num_zero} zero tokens, projection "
+                     f"{pulid.projection_name(setting)}), Invert first token does not apply to PuLID")
 
 
 # -- entry points called by the script ---------------------------------------------------------
@@ -36,7 +50,9 @@ def start_pass(job: Job, p) -> None:
         return
     patches = job.patches
     adapters = ip_adapters(p)
-    face = any(is_faceid(a) for a in adapters)
+    face = any(identity_kind(a) is not None for a in adapters)
+    if job.passes == 0:
+        _note_pulid_units(job, adapters)
     if not face and job.passes == 0:
         job.note(no_face_note("sd-webui-controlnet", job.args))
     st = PassState(index=job.passes, is_hires=is_hires, face=face, images=max(int(getattr(p, "batch_size", 1) or 1), 1),

@@ -72,7 +72,8 @@ def _recorder(job: Job, adapter, rows: int, transform=None):
     if rec is None or st is None or part is None or not job.active:
         return None
     model = getattr(adapter, "ipadapter", None)
-    if not recording.adapter_ok(rec, adapter, bool(getattr(model, "is_plus", False)), getattr(model, "is_v2", None)):
+    if not recording.adapter_ok(rec, adapter, bool(getattr(model, "is_plus", False)), getattr(model, "is_v2", None),
+                                pulid=bool(getattr(model, "is_pulid", False))):
         return None
     start = max(0, -rec.call_offset)
     stop = min(rows, rec.full_rows - rec.call_offset)

@@ -15,7 +15,7 @@ class PassState(StepTracker):
 
     index: int = 0
     is_hires: bool = False
-    face: bool = False               # a FaceID unit is active in sd-webui-controlnet
+    face: bool = False               # a FaceID or PuLID unit is active in sd-webui-controlnet
     eps_output: bool = False         # the denoiser returns ε (timestep samplers), else x₀
     images: int = 1                  # images per batch (rows of one branch), ≥ 1
     timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
