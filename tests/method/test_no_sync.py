@@ -110,3 +110,15 @@ def test_both_output_adain_forms_equal_the_reference(length):
     torch.testing.assert_close(ip_attention(q, k, v, t), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fullgraph(lambda q, k, v: ip_attention(q, k, v, t))(q, k, v), expected,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["no transform", "scale-power", "softmask, per image (int groups)"])
+def test_sink_face_branch_traces_without_graph_breaks(name):
+    """PuLID's 10 id tokens with the zero-token sink (issue 13), and its Fidelity gate and projection."""
+    from fastface.hosts.a1111.pulid import fidelity_gate
+
+    transform = TRANSFORMS[name]
+    q, k, v = qkv(10, rows=6)
+    eager = ip_attention(q, k, v, transform, sink=8)
+    torch.testing.assert_close(fullgraph(lambda q, k, v: ip_attention(q, k, v, transform, sink=8))(q, k, v), eager)
+    torch.testing.assert_close(fullgraph(lambda q, k: fidelity_gate(q, k, 8))(q, k), fidelity_gate(q, k, 8))
