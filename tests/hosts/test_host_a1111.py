@@ -39,13 +39,17 @@ def make_job(host, *, adapters=(("faceid", 0),), second_order=False, batch=1):
         adapter = cn.PlugableIPAdapter(is_faceid=kind == "faceid", seed=seed)
         cn.hook_ip_adapter(unet, adapter)
         made.append(adapter)
+    return processing_for(host, unet, made, second_order=second_order), unet, made
+
+
+def processing_for(host, unet, adapters, second_order=False):
+    """A `p` whose sampler runs `unet` and whose ControlNet script holds `adapters`."""
     sampler = cn.Sampler(unet, host.callbacks, host.shared, second_order=second_order)
     controlnet = SimpleNamespace(latest_network=SimpleNamespace(
-        control_params=[SimpleNamespace(control_model=a) for a in made]))
-    p = SimpleNamespace(sd_model=SimpleNamespace(model=SimpleNamespace(diffusion_model=unet)), sampler=sampler,
-                        scripts=SimpleNamespace(alwayson_scripts=[controlnet]), is_hr_pass=False,
-                        extra_generation_params={})
-    return p, unet, made
+        control_params=[SimpleNamespace(control_model=a) for a in adapters]))
+    return SimpleNamespace(sd_model=SimpleNamespace(model=SimpleNamespace(diffusion_model=unet)), sampler=sampler,
+                           scripts=SimpleNamespace(alwayson_scripts=[controlnet]), is_hr_pass=False,
+                           extra_generation_params={})
 
 
 def run(p, args, *, batch=1, sigmas=SIGMAS4, pos=None, neg=None, cond_scale=1.0, marked=True):
@@ -62,6 +66,19 @@ def run(p, args, *, batch=1, sigmas=SIGMAS4, pos=None, neg=None, cond_scale=1.0,
     job = p.fastface_job
     webui.postprocess(p, None)
     return out, job
+
+
+def record_denoiser_inputs(p) -> list:
+    """(x, σ) of every CFG-denoiser call of the job, in order."""
+    xs = []
+    original_forward = p.sampler.model_wrap_cfg.forward
+
+    def spy(x, sigma, *rest):
+        xs.append((x.clone(), float(sigma[0])))
+        return original_forward(x, sigma, *rest)
+
+    p.sampler.model_wrap_cfg.forward = spy
+    return xs
 
 
 def reference_step(unet, x, sigma, pos, neg, args, step, total, adapters):
@@ -82,14 +99,7 @@ def test_dcg_matches_three_separate_branches(host, batch):
     args = PRESETS["Stylistic"]  # DCG only: rows are independent, so a batched call equals separate ones
     p, unet, adapters = make_job(host)
     pos, neg = text(1, batch), text(2, batch)
-    xs = []
-    original_forward = p.sampler.model_wrap_cfg.forward
-
-    def spy(x, sigma, *rest):
-        xs.append((x.clone(), float(sigma[0])))
-        return original_forward(x, sigma, *rest)
-
-    p.sampler.model_wrap_cfg.forward = spy
+    xs = record_denoiser_inputs(p)
     (_, outputs), job = run(p, args.replace(), batch=batch, pos=pos, neg=neg)
     assert job.failed is None, job.failed
     for step, ((x, sigma), got) in enumerate(zip(xs, outputs)):

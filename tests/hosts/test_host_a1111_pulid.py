@@ -14,7 +14,8 @@ from fastface.method.transforms import ScalePower, Softmask
 from fastface.presets import PRESETS
 
 import a1111_standins as cn
-from test_host_a1111 import SIGMAS4, host, reference_step, run, text  # noqa: F401 (host: a fixture)
+from test_host_a1111 import (host, processing_for, record_denoiser_inputs, reference_step, run,  # noqa: F401
+                             text)   # (host: a fixture)
 
 MODES = ["Fidelity", "Extremely style"]
 
@@ -28,13 +29,7 @@ def make_job(host, adapters, kv_bias=False):  # noqa: F811
         adapter = cn.PlugableIPAdapter(is_faceid=kind == "faceid", seed=seed, pulid_mode=mode, kv_bias=kv_bias)
         cn.hook_ip_adapter(unet, adapter)
         made.append(adapter)
-    sampler = cn.Sampler(unet, host.callbacks, host.shared)
-    controlnet = SimpleNamespace(latest_network=SimpleNamespace(
-        control_params=[SimpleNamespace(control_model=a) for a in made]))
-    p = SimpleNamespace(sd_model=SimpleNamespace(model=SimpleNamespace(diffusion_model=unet)), sampler=sampler,
-                        scripts=SimpleNamespace(alwayson_scripts=[controlnet]), is_hr_pass=False,
-                        extra_generation_params={})
-    return p, unet, made
+    return processing_for(host, unet, made), unet, made
 
 
 IDENTITY = PRESETS["Scale-power only"].replace(sp_s_down=1.0, sp_s_up=1.0, sp_s_mid=1.0, sp_p=1.0)
@@ -108,14 +103,7 @@ def test_dcg_id_only_rows_get_the_pulid_face(host, mode):  # noqa: F811
     args = PRESETS["Stylistic"]
     p, unet, adapters = make_job(host, [("pulid", mode, 0)])
     pos, neg = text(1, 1), text(2, 1)
-    xs = []
-    original_forward = p.sampler.model_wrap_cfg.forward
-
-    def spy(x, sigma, *rest):
-        xs.append((x.clone(), float(sigma[0])))
-        return original_forward(x, sigma, *rest)
-
-    p.sampler.model_wrap_cfg.forward = spy
+    xs = record_denoiser_inputs(p)
     (_, outputs), job = run(p, args.replace(), pos=pos, neg=neg)
     assert job.failed is None, job.failed
     assert [job.rows[(0, k)] for k in range(4)] == [2, 3, 3, 2]
