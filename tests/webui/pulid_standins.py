@@ -20,8 +20,10 @@ does). PARTs (default all), what each writes, and the code that reads it
               (tests/likeness_models.py: a red square is a face) as scrfd_10g_bnkps.onnx, its
               recogniser as glintr100.onnx and byte copies of it as 1k3d68, 2d106det and genderage
               (insightface keeps one model per task, so the copies are dropped).
-  facexlib    <facexlib>/weights/ (facexlib/utils/misc.py load_file_from_url: downloads only a missing
-              file): detection_Resnet50_Final.pth, a RetinaFace-ResNet50 whose heads are crafted so
+  facexlib    webui/models/GFPGAN/ (A1111 points facexlib's loaders there: modules/gfpgan_model.py
+              setup_model -> face_restoration_utils.patch_facexlib; plain facexlib would use
+              <site-packages>/facexlib/weights, utils/misc.py; both download only a missing file):
+              detection_Resnet50_Final.pth, a RetinaFace-ResNet50 whose heads are crafted so
               that every prior of the coarsest level (stride 32, boxes 256 and 512 px) is a face with a
               5-point template and the finer levels find none (FaceRestoreHelper keeps the centre one:
               one 512x512 aligned crop); random parsing_parsenet.pth (FaceRestoreHelper always loads
@@ -164,13 +166,10 @@ def crafted_retinaface_state_dict(seed: int = 0) -> dict:
     return net.state_dict()
 
 
-def write_facexlib(weights_dir: str | None = None, seed: int = 0) -> str:
+def write_facexlib(weights_dir: str, seed: int = 0) -> str:
     import torch
     from facexlib.parsing.bisenet import BiSeNet
     from facexlib.parsing.parsenet import ParseNet
-    if weights_dir is None:   # where facexlib looks: <site-packages>/facexlib/weights (utils/misc.py)
-        import facexlib
-        weights_dir = os.path.join(os.path.dirname(facexlib.__file__), "weights")
     os.makedirs(weights_dir, exist_ok=True)
     torch.manual_seed(seed)
     files = {"detection_Resnet50_Final.pth": crafted_retinaface_state_dict(seed),
@@ -203,7 +202,8 @@ PARTS = ("adapter", "antelopev2", "facexlib", "evaclip")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--webui", required=True, help="the A1111 webui/ folder (with extensions/sd-webui-controlnet)")
-    ap.add_argument("--facexlib-weights", default=None, help="default: the importable facexlib's weights/ folder")
+    ap.add_argument("--facexlib-weights", default=None,
+                    help="where facexlib's weights go (default WEBUI/models/GFPGAN, where A1111 sends facexlib)")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
         elif part == "antelopev2":
             write_antelopev2(a.webui)
         elif part == "facexlib":
-            write_facexlib(a.facexlib_weights, a.seed)
+            write_facexlib(a.facexlib_weights or os.path.join(a.webui, "models", "GFPGAN"), a.seed)
         else:
             if not os.path.isdir(os.path.join(a.webui, "extensions", "sd-webui-controlnet-evaclip")):
                 ap.error("install huchenlei/sd-webui-controlnet-evaclip into extensions/ first")
