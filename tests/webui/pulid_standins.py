@@ -30,11 +30,14 @@ does). PARTs (default all), what each writes, and the code that reads it
               it) and parsing_bisenet.pth (the PuLID chain's parser). Legacy (non-zip) pickles:
               A1111's safe unpickler (modules/safe.py) rejects the newer zip entries of torch >= 2.x.
   evaclip     extensions/sd-webui-controlnet-evaclip/models/models--QuanSun--EVA-CLIP/snapshots/<rev>/
-              EVA02_CLIP_L_336_psz14_s6B.pt + refs/main: a one-key checkpoint {"logit_scale"} in
-              Hugging Face cache layout. With HF_HUB_OFFLINE=1 the extension's own
+              EVA02_CLIP_L_336_psz14_s6B.pt + refs/main, in Hugging Face cache layout: `logit_scale`
+              and the 304.4 M-parameter vision tower (`visual.*`, fp16, the model's own init under a
+              fixed seed). With HF_HUB_OFFLINE=1 the extension's own
               create_model_and_transforms("EVA02-CLIP-L-14-336", "eva_clip") finds it and loads it
-              with strict=False (eva_clip/factory.py:285-289): the 428 M-parameter model keeps its
-              random init and runs with the real shapes.
+              with strict=False (eva_clip/factory.py:285-289); the text tower (unused by PuLID) stays
+              random. A one-key file would load too, but then the vision weights are drawn from the
+              process's RNG when the model first loads, so two servers (or one after other
+              requests) give other PuLID tokens and other pixels.
 
 Random values, no relation to trained weights: the run checks the plumbing and FastFace's effect on
 it, not likeness.
@@ -43,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import shutil
 import sys
@@ -181,18 +183,29 @@ def write_facexlib(weights_dir: str, seed: int = 0) -> str:
     return weights_dir
 
 
-def write_evaclip(webui: str) -> str:
+def write_evaclip(webui: str, seed: int = 0) -> str:
     import torch
-    models = os.path.join(webui, "extensions", "sd-webui-controlnet-evaclip", "models")
-    repo = os.path.join(models, "models--" + EVA_REPO.replace("/", "--"))
+    ext = os.path.join(webui, "extensions", "sd-webui-controlnet-evaclip")
+    if ext not in sys.path:
+        sys.path.insert(0, ext)
+    from eva_clip.factory import create_model   # the extension's vendored eva_clip
+    torch.manual_seed(seed)
+    model = create_model("EVA02-CLIP-L-14-336", pretrained=None, force_custom_clip=True, device="cpu")
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()
+          if k.startswith("visual.") and "freqs_" not in k}   # rope tables: rebuilt, and dropped on load
+    sd["logit_scale"] = model.state_dict()["logit_scale"]
+    del model
+    repo = os.path.join(ext, "models", "models--" + EVA_REPO.replace("/", "--"))
     snap = os.path.join(repo, "snapshots", EVA_REV)
     os.makedirs(snap, exist_ok=True)
     os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
     with open(os.path.join(repo, "refs", "main"), "w") as f:
         f.write(EVA_REV)
     out = os.path.join(snap, EVA_FILE)
-    torch.save({"logit_scale": torch.tensor(math.log(1 / 0.07))}, out, _use_new_zipfile_serialization=False)
-    print(f"evaclip: {out} (one key; every other weight stays random under strict=False; needs HF_HUB_OFFLINE=1)")
+    torch.save(sd, out, _use_new_zipfile_serialization=False)
+    params = sum(v.numel() for k, v in sd.items() if k.startswith("visual."))
+    print(f"evaclip: {out}: {len(sd) - 1} visual keys ({params / 1e6:.1f} M params, fp16) + logit_scale, "
+          f"{os.path.getsize(out) / 2**30:.2f} GiB (needs HF_HUB_OFFLINE=1)")
     return out
 
 
@@ -224,7 +237,7 @@ def main(argv=None) -> int:
         else:
             if not os.path.isdir(os.path.join(a.webui, "extensions", "sd-webui-controlnet-evaclip")):
                 ap.error("install huchenlei/sd-webui-controlnet-evaclip into extensions/ first")
-            write_evaclip(a.webui)
+            write_evaclip(a.webui, a.seed)
         print(f"  {part}: {time.time() - t0:.1f} s")
     return 0
 
