@@ -189,6 +189,10 @@ def test_show_attention_adds_one_preview_per_image_and_changes_no_pixel(mode, ba
     assert all(px in shown_px for px in plain_px)
     extras = [b for b, px in zip(shown["images"], shown_px) if px not in plain_px]
     assert len(extras) == batch_size, (len(plain_px), len(shown_px))
+    from fastface.views.attnmaps import token_layout
+
+    layout = token_layout(PULID_TOKENS, pulid=True)   # two groups: the MLP's 5 tokens, the EVA-CLIP layers' 5
     for extra in extras:
-        assert png_size(extra) == expected_preview_size((64, 64), STEPS, PULID_TOKENS)
+        assert png_size(extra) == expected_preview_size((64, 64), STEPS, PULID_TOKENS, separate=len(layout.separate),
+                                                        groups=len(layout.groups))
     assert infotext(shown) == infotext(plain)
