@@ -25,7 +25,6 @@ import base64
 import io
 import json
 import os
-import urllib.request
 
 import pytest
 
