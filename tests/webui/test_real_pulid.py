@@ -138,7 +138,8 @@ def test_rows_and_face_attention_per_step(mode, preset):
     parts = [p for p in ("down", "mid", "up") if getattr(args, f"am_{p}")]
     assert parts == ["down", "up"], parts   # the presets' default parts
     assert tr["am"] == {f"0/{k}/{p}": SDXL_ATTN2[p] for k in range(STEPS) for p in parts}, tr["am"]
-    assert tr.get("am_adapters", {}).get("pulid", 0) > 0, tr
+    adapters = tr.get("am_adapters", {})   # transformed calls per adapter kind: all of them PuLID's here
+    assert adapters.get("pulid", 0) == sum(tr["am"].values()) > 0 and not any(n for k, n in adapters.items() if k != "pulid"), tr
 
 
 @pytest.mark.parametrize("mode", MODES)
