@@ -11,18 +11,40 @@ IP_PATCH_ATTRS = ("ipadapters", "conds", "unconds", "weights", "k_key", "v_key")
 CALC_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
 
 
-def calc_cond_uncond_batch() -> Optional[Callable]:
-    """Forge 2's `backend.sampling.sampling_function.calc_cond_uncond_batch`, else Gen1 / reForge's
-    `ldm_patched.modules.samplers.calc_cond_uncond_batch`, else None."""
+def _sampler_function(name: str) -> Optional[Callable]:
     for module_name in CALC_MODULES:
         try:
             module = importlib.import_module(module_name)
         except Exception:  # ImportError, or a module that fails to import outside its WebUI
             continue
-        fn = getattr(module, "calc_cond_uncond_batch", None)
+        fn = getattr(module, name, None)
         if callable(fn):
             return fn
     return None
+
+
+def calc_cond_uncond_batch() -> Optional[Callable]:
+    """`(model, cond, uncond, x, sigma, model_options) -> (cond x0, uncond x0)`: Forge 2's
+    `backend.sampling.sampling_function.calc_cond_uncond_batch`, else Gen1 / reForge's
+    `ldm_patched.modules.samplers.calc_cond_uncond_batch` (reForge keeps it as a wrapper of
+    `calc_cond_batch`, samplers.py L357), else one made from `calc_cond_batch`, else None."""
+    fn = _sampler_function("calc_cond_uncond_batch")
+    if fn is not None:
+        return fn
+    batch = calc_cond_batch()
+    if batch is None:
+        return None
+
+    def from_calc_cond_batch(model, cond, uncond, x, sigma, model_options):
+        return tuple(batch(model, [cond, uncond], x, sigma, model_options))
+    return from_calc_cond_batch
+
+
+def calc_cond_batch() -> Optional[Callable]:
+    """ComfyUI-style `calc_cond_batch(model, conds, x, sigma, model_options) -> [x0 per entry of
+    conds]` (reForge `ldm_patched/modules/samplers.py` L206), the call a
+    `sampler_calc_cond_batch_function` stands in for; None where the host has none (Forge 2)."""
+    return _sampler_function("calc_cond_batch")
 
 
 def is_ip_patch(value) -> bool:
