@@ -90,7 +90,6 @@ def at(values, index: int, default):
         return default
 
 
-
 _WEIGHT_POWERS: dict = {}   # a patch class -> its weight power (or None)
 
 
