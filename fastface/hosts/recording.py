@@ -16,7 +16,9 @@ What the hosts call (small call sites, so the host modules stay readable):
 * `finish(job, p, processed)` in the script's `postprocess`: one preview per generated image,
   appended the way ControlNet adds its detected maps — A1111: `processed.images` (after the
   generated images, so not saved, not in the grid, no infotext of their own); Forge:
-  `processed.extra_images` (Forge's list for exactly this, which its UI and API append).
+  `processed.extra_images` (Forge's list for exactly this, which its UI and API append); reForge,
+  whose API returns `processed.images` only: `extra_images` for its UI, `processed.images` (as on
+  A1111) for an API request.
 
 Recorded rows: the *full* branch (prompt + face) of every image, i.e. what the image is made of;
 which rows of a UNet call those are is the host's to say (its `preview.recorder`).
@@ -138,14 +140,17 @@ def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor, transform=Non
 
 
 # -- after the job ------------------------------------------------------------------------------------
-def finish(job: Job, p, processed) -> int:
+def finish(job: Job, p, processed, extra_images_reach_api: bool = True) -> int:
     """Render one preview per generated image and append it as an extra image; returns how many.
-    Never raises (a failed preview is logged, the generation is untouched)."""
+    `extra_images_reach_api`: whether the WebUI's API answers with `processed.extra_images` (Forge 2,
+    Forge Classic) — where it does not (reForge), an API request gets the previews after the
+    generated images in `processed.images`, as on A1111. Never raises (a failed preview is logged,
+    the generation is untouched)."""
     rec = getattr(job, "recording", None)
     if rec is None or processed is None:
         return 0
     try:
-        return _finish(rec, processed)
+        return _finish(rec, processed, extra_images_reach_api or not getattr(p, "is_api", False))
     except Exception as exc:  # never fail the generation for a preview
         log.error("Show face attention: no preview (%s: %s)", type(exc).__name__, exc)
         return 0
@@ -153,7 +158,7 @@ def finish(job: Job, p, processed) -> int:
         job.recording = None   # free the maps
 
 
-def _finish(rec: Recording, processed) -> int:
+def _finish(rec: Recording, processed, extra_images_shown: bool = True) -> int:
     from ..views.attnpreview import render_grid  # PIL: imported only when previews are drawn
 
     maps = rec.recorder.images()
@@ -165,7 +170,7 @@ def _finish(rec: Recording, processed) -> int:
     infotexts = getattr(processed, "infotexts", None)
     generated = images[first: len(infotexts)] if infotexts else images[first:]
     extra = getattr(processed, "extra_images", None)
-    target = extra if isinstance(extra, list) else processed.images
+    target = extra if isinstance(extra, list) and extra_images_shown else processed.images
     tokens = maps[0].tokens
     layout = token_layout(tokens, plus=rec.plus, v2=rec.v2, portrait=not rec.plus and tokens % 16 == 0,
                           pulid=rec.pulid)

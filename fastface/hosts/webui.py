@@ -258,6 +258,21 @@ def before_sampling(p, *script_args, **kwargs) -> None:
     host.start_recording_pass(job, p)   # never raises: a preview problem only stops the recording
 
 
+@functools.lru_cache(maxsize=1)
+def _api_returns_extra_images() -> bool:
+    """Whether the WebUI's txt2img API answers with `processed.extra_images` too: read from the API
+    function itself (Forge 2 api.py L502 and Forge Classic L501 chain them; reForge 3b56b268
+    L488 / L559 encode `processed.images` only). Unknown (no API module, no source): True, so that
+    nothing changes where FastFace cannot tell."""
+    try:
+        import inspect
+
+        from modules.api import api   # the WebUI's own module
+        return "extra_images" in inspect.getsource(api.Api.text2imgapi)
+    except Exception:
+        return True
+
+
 def postprocess_image(p, pp, *args) -> None:
     """Script.postprocess_image: the likeness readout of this image (reads the image, never changes it)."""
     if getattr(p, "fastface_job", None) is not None:
@@ -271,7 +286,7 @@ def postprocess(p, *args) -> None:
         return
     host_for(p).end_job(job, p)
     readout.finish(p)
-    recording.finish(job, p, args[0] if args else None)   # "Show face attention" extra images
+    recording.finish(job, p, args[0] if args else None, _api_returns_extra_images())   # "Show face attention"
     # The infotext has been written with the callables; the API's `info` JSON serialises this dict
     # later and would show null for them, so store the final values.
     final = job.infotext_params()

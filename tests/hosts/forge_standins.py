@@ -33,7 +33,7 @@ class UnetPatcher:
         self.clones_made = 0
 
     def clone(self):  # unet.py L26-35
-        n = UnetPatcher(self.model)
+        n = type(self)(self.model)
         n.model_options = copy.deepcopy(self.model_options)
         n.controlnet_linked_list = self.controlnet_linked_list
         n.extra_concat_condition = self.extra_concat_condition
@@ -55,6 +55,10 @@ class UnetPatcher:
 
     def add_sampler_pre_cfg_function(self, fn):  # unet.py L117
         self.model_options.setdefault("sampler_pre_cfg_function", []).append(fn)
+
+    def sample_inner(self, model, x, timestep, uncond, cond, cond_scale, model_options):
+        """The host's sampling after the conditioning modifiers (Forge 2: `sampling_function_inner`)."""
+        return sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options)
 
     def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):  # base.py L15-34, L179
         to = dict(self.model_options["transformer_options"])
@@ -187,7 +191,7 @@ def sampling_function(unet_patcher, x, sigma, text_cond, text_uncond, cond_scale
     seed = 0
     for modifier in options.get("conditioning_modifiers", []):
         model, x, sigma, uncond, cond, cond_scale, options, seed = modifier(model, x, sigma, uncond, cond, cond_scale, options, seed)
-    return sampling_function_inner(model, x, sigma, uncond, cond, cond_scale, options)
+    return unet_patcher.sample_inner(model, x, sigma, uncond, cond, cond_scale, options)
 
 
 # -- modules/sd_samplers_cfg_denoiser.py + modules/sd_samplers_common.py (dfdcbab6) -----------------
@@ -377,6 +381,11 @@ class CrossAttentionPatch:
                             ("sigma_end", sigma_end), ("unfold_batch", unfold_batch)):
             getattr(self, name).append(value)
 
+    @staticmethod
+    def output_weighted(out_ip, weight):
+        """Forge 2 (L479) and Forge Classic 1f95d717 (IPAdapterPlus.py L622): the weight once."""
+        return out_ip * weight
+
     def __call__(self, q, k, v, extra_options):
         labels = extra_options["cond_or_uncond"]
         sigma = float(extra_options["sigmas"][0]) if "sigmas" in extra_options else 999999999.9
@@ -396,12 +405,13 @@ class CrossAttentionPatch:
                 ip_k, ip_v = ip_k * weight, ip_v * weight
             out_ip = attention(q, ip_k, ip_v, heads)
             if weight_type.startswith("original"):
-                out_ip = out_ip * weight
+                out_ip = self.output_weighted(out_ip, weight)
             out = out + out_ip
         return out
 
 
-def install_ip_adapter(unet, adapter, weight=0.8, cond=None, uncond=None, sigma_start=1e9, sigma_end=0.0):
+def install_ip_adapter(unet, adapter, weight=0.8, cond=None, uncond=None, sigma_start=1e9, sigma_end=0.0,
+                       patch_class=CrossAttentionPatch):
     """What the built-in ControlNet's IP-Adapter unit does (IPAdapterPlus.py L732-785): clone the
     patcher and put one patch per attn2 key, numbered in block order; returns the clone."""
     work = unet.clone()
@@ -414,7 +424,7 @@ def install_ip_adapter(unet, adapter, weight=0.8, cond=None, uncond=None, sigma_
         if key in attn2:
             attn2[key].set_new_condition(weight, adapter, number, cond, uncond, "original", None, sigma_start, sigma_end)
         else:
-            attn2[key] = CrossAttentionPatch(weight, adapter, number, cond, uncond, "original", None, sigma_start, sigma_end)
+            attn2[key] = patch_class(weight, adapter, number, cond, uncond, "original", None, sigma_start, sigma_end)
     return work
 
 
@@ -491,3 +501,116 @@ class Processing:
         self.c = torch.stack([encode_text(t) for t in self.prompts])
         self.uc = None if cfg_scale == 1 else torch.stack([encode_text(t) for t in self.negative_prompts])
         self.sampler = None
+
+
+# -- Forge Classic (Haoming02/sd-webui-forge-classic 1f95d717) ----------------------------------------
+class ClassicCrossAttentionPatch(CrossAttentionPatch):
+    """Forge Classic's own `CrossAttentionPatch` (ldm_patched era, IPAdapterPlus.py L423-630): the
+    same contract, the "original" weight applied once (L622). Its sampling is Forge 2's (6-tuple
+    pre-CFG functions before `calc_cond_uncond_batch`, ldm_patched/modules/samplers.py L334-360)."""
+
+
+# -- reForge (Panchovix/stable-diffusion-webui-reForge main 3b56b268) ---------------------------------
+class ReforgeCrossAttentionPatch(CrossAttentionPatch):
+    """reForge's `CrossAttentionPatch` (extensions-builtin/sd_forge_ipadapter/lib_ipadapter/
+    IPAdapterPlus.py L385-560): the same contract, but the "original" weight is applied to the face
+    output twice (L497-507 and L509-519: `out_ip = out_ip * weight`, each after the same `if`)."""
+
+    @staticmethod
+    def output_weighted(out_ip, weight):
+        out_ip = out_ip * weight
+        out_ip = out_ip * weight
+        return out_ip
+
+
+def calc_cond_batch(model, conds, x_in, timestep, model_options):
+    """Mirrors ldm_patched/modules/samplers.py `_calc_cond_batch` L212-355: entry i of `conds` is
+    chunk label i (`cond_or_uncond` holds indices into `conds`; a None entry is evaluated as
+    nothing and comes back as zeros, L221-223, L352-353); chunks with equal context shapes run in
+    one call in reverse list order (L258-264); the transformer options get `cond_or_uncond`,
+    `uuids` and `sigmas` (L318-320, no `cond_mark`), then `model_function_wrapper` (L327-330)."""
+    outs = [torch.zeros_like(x_in) for _ in conds]
+    counts = [torch.ones_like(x_in) * 1e-37 for _ in conds]
+    to_run = [(entry, i) for i, entries in enumerate(conds) if entries is not None for entry in entries]
+    while to_run:
+        shape = to_run[0][0]["model_conds"]["c_crossattn"].shape
+        fits = [i for i, item in enumerate(to_run) if item[0]["model_conds"]["c_crossattn"].shape == shape]
+        fits.reverse()
+        batch = [to_run[i] for i in fits]
+        to_run = [item for i, item in enumerate(to_run) if i not in fits]
+        labels = [label for _, label in batch]
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        transformer_options["cond_or_uncond"] = labels[:]
+        transformer_options["uuids"] = [id(entry) for entry, _ in batch]
+        transformer_options["sigmas"] = timestep
+        c = dict(c_crossattn=torch.cat([e["model_conds"]["c_crossattn"] for e, _ in batch]),
+                 transformer_options=transformer_options)
+        x = torch.cat([x_in] * len(batch))
+        t = torch.cat([timestep] * len(batch))
+        if "model_function_wrapper" in model_options:
+            output = model_options["model_function_wrapper"](model.apply_model, {"input": x, "timestep": t, "c": c, "cond_or_uncond": labels})
+        else:
+            output = model.apply_model(x, t, **c)
+        for (entry, label), chunk in zip(batch, output.chunk(len(batch))):
+            outs[label] += chunk * entry.get("strength", 1.0)
+            counts[label] += entry.get("strength", 1.0)
+    return [o / n for o, n in zip(outs, counts)]
+
+
+def reforge_calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
+    """samplers.py L357-359: kept as a wrapper ("TODO: remove")."""
+    return tuple(calc_cond_batch(model, [cond, uncond], x_in, timestep, model_options))
+
+
+def reforge_sampling_function(model, x, timestep, uncond, cond, cond_scale, model_options):
+    """Mirrors samplers.py `sampling_function` L413-433 and `cfg_function` L363-410: cfg-1
+    optimisation → `sampler_calc_cond_batch_function(args)` *instead of* `calc_cond_batch` → each
+    `sampler_pre_cfg_function(args dict)` *after* the evaluation (it returns the outputs) → the cfg
+    function (its `uncond` None when the uncond prediction is None) → post-cfg functions."""
+    uncond_ = None if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False) else uncond
+    conds = [cond, uncond_]
+    if "sampler_calc_cond_batch_function" in model_options:
+        out = model_options["sampler_calc_cond_batch_function"](
+            {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options})
+    else:
+        out = calc_cond_batch(model, conds, x, timestep, model_options)
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        args = {"conds": conds, "conds_out": out, "cond_scale": cond_scale, "timestep": timestep,
+                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = fn(args)
+        x = args["input"]
+    cond_pred, uncond_pred = out[0], out[1]
+    if "sampler_cfg_function" in model_options:
+        args = {"cond": x - cond_pred, "uncond": x - uncond_pred if uncond_pred is not None else None,
+                "cond_scale": cond_scale, "timestep": timestep, "input": x, "sigma": timestep,
+                "cond_denoised": cond_pred, "uncond_denoised": uncond_pred, "model": model, "model_options": model_options}
+        result = x - model_options["sampler_cfg_function"](args)
+    elif uncond_pred is None:
+        result = cond_pred
+    else:
+        result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
+    for fn in model_options.get("sampler_post_cfg_function", []):
+        result = fn({"denoised": result, "cond": cond, "uncond": uncond_, "cond_scale": cond_scale, "model": model,
+                     "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
+                     "model_options": model_options, "input": x})
+    return result, cond_pred, uncond_pred
+
+
+class ReforgeUnetPatcher(UnetPatcher):
+    """reForge's UnetPatcher (modules_forge/unet_patcher.py L206-212 modifiers and pre-CFG list;
+    ldm_patched/modules/model_patcher.py L382-383 `set_model_sampler_calc_cond_batch_function`).
+    Its CFGDenoiser runs the conditioning modifiers, then `sampling_function`
+    (modules/sd_samplers_cfg_denoiser.py L238-245)."""
+
+    def set_model_sampler_calc_cond_batch_function(self, fn):
+        self.model_options["sampler_calc_cond_batch_function"] = fn
+
+    def sample_inner(self, model, x, timestep, uncond, cond, cond_scale, model_options):
+        return reforge_sampling_function(model, x, timestep, uncond, cond, cond_scale, model_options)
+
+
+class ReforgeWithoutCalcSeam(ReforgeUnetPatcher):
+    """A reForge-style host that offers no `sampler_calc_cond_batch_function` setter: its only
+    hook is the pre-CFG list, called after the evaluation (what FastFace met before issue 14)."""
+
+    set_model_sampler_calc_cond_batch_function = None

@@ -74,9 +74,11 @@ class Run:
     """One txt2img job: after-LoRA patcher → ControlNet IP-Adapter clone → FastFace → sampler."""
 
     def __init__(self, args, *, face=True, cfg=1.0, negative="ugly", batch=1, steps=4, second_order=False,
-                 prior=None, fastface=True, adapter=None, post_cfg=None, control=None, wrapper=None):
+                 prior=None, fastface=True, adapter=None, post_cfg=None, control=None, wrapper=None,
+                 patcher=fs.UnetPatcher, patch_class=fs.CrossAttentionPatch, weight=0.8):
         self.model = fs.KModel(fs.ToyUNet())
-        base = fs.UnetPatcher(self.model)
+        base = patcher(self.model)
+        self.patch_class, self.weight = patch_class, weight
         self.p = fs.Processing(base, ["a face"] * batch, [negative] * batch, cfg_scale=cfg, steps=steps)
         self.p.firstpass_steps = steps * (2 if second_order else 1)   # setup_conds: sampler total steps
         self.adapter = adapter or fs.Adapter(faceid=face)
@@ -93,7 +95,7 @@ class Run:
     def controlnet(self):
         """What Forge does before every process_before_every_sampling: reset, then ControlNet."""
         objects = self.p.sd_model.forge_objects = self.p.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        objects.unet = fs.install_ip_adapter(objects.unet, self.adapter)
+        objects.unet = fs.install_ip_adapter(objects.unet, self.adapter, weight=self.weight, patch_class=self.patch_class)
         if self.prior is not None:
             objects.unet.set_model_sampler_cfg_function(self.prior)
         if self.post_cfg is not None:

@@ -43,6 +43,10 @@ CATALOGUE = {
     "AND prompts: DCG uses Forge's weighted average of the sub-prompts as the full branch": None,
     "no negative prediction on some steps: DCG used α = 1 there": None,
     "the id-only rows could not join Forge's batch (another UNet wrapper?): one more UNet call per step": None,
+    "this Forge called none of FastFace's hooks before its UNet call: one more UNet call per step": None,
+    "the negative prompt could not join Forge's batch (area, mask, strength or several entries): "
+    "one more UNet call per step": None,
+    "this Forge has no hook before its UNet call: the id-only branch takes its own UNet call": None,
     "the other cfg function was skipped on steps without a negative prediction": None,
     "another extension's cfg function ({}) is chained after DCG":
         "another extension's cfg function (dynamic_thresholding) is chained after DCG",

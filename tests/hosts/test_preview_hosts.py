@@ -313,3 +313,50 @@ def test_recording_keeps_the_kernel_output_where_kernels_would_run(monkeypatch):
     calls.clear()   # kernels switched off (or not available): the maps come from the call itself
     recording.face_attention(q, k, v, transform, kernels=KernelSwitch(enabled=False), recorder=lambda a, b: None)
     assert calls[0]["recorder"] is not None
+
+
+def test_reforge_api_request_gets_the_previews_in_processed_images(forge_env):
+    """reForge's API encodes `processed.images` only (api.py L488, L559): for an API request the
+    previews follow the generated images there, as on A1111; its UI shows `extra_images`."""
+    for is_api, in_images in ((True, 1), (False, 0)):
+        r = forge_run(PRESETS["Realistic"], True, batch=1)
+        r.p.is_api = is_api
+        r.sample()
+        r.end()
+        processed = SimpleNamespace(images=[Image.new("RGB", (32, 32))], index_of_first_image=0, infotexts=["a"],
+                                    extra_images=[])
+        assert recording.finish(r.job, r.p, processed, extra_images_reach_api=False) == 1
+        assert (len(processed.images), len(processed.extra_images)) == (1 + in_images, 1 - in_images)
+
+
+class _Forge2Api:   # Forge 2 dfdcbab6 modules/api/api.py L502 (the line that matters)
+    def text2imgapi(self, processed, send_images=True, encode_pil_to_base64=str):
+        return list(map(encode_pil_to_base64, processed.images + processed.extra_images)) if send_images else []
+
+
+class _ReforgeApi:   # reForge 3b56b268 modules/api/api.py L488
+    def text2imgapi(self, processed, send_images=True, encode_pil_to_base64=str):
+        return list(map(encode_pil_to_base64, processed.images)) if send_images else []
+
+
+@pytest.mark.parametrize("api_class, expected", [(_Forge2Api, True), (_ReforgeApi, False), (None, True)])
+def test_whether_the_hosts_api_returns_extra_images_is_read_from_it(monkeypatch, api_class, expected):
+    import sys
+    import types
+
+    from fastface.hosts import webui
+
+    api_module = types.ModuleType("modules.api.api")
+    if api_class is not None:
+        api_module.Api = api_class
+    package = types.ModuleType("modules.api")
+    package.api = api_module
+    modules = sys.modules.get("modules") or types.ModuleType("modules")
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.api", package)
+    monkeypatch.setitem(sys.modules, "modules.api.api", api_module)
+    webui._api_returns_extra_images.cache_clear()
+    try:
+        assert webui._api_returns_extra_images() is expected
+    finally:
+        webui._api_returns_extra_images.cache_clear()

@@ -15,9 +15,10 @@ fine; see README "Development".
     FASTFACE_FACEID_MODEL     the default unit's model (default ip-adapter-faceid_sd15)
     FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × every sampler (slow on
                               CPU); default: a cross-section (every preset × steps, samplers cycled)
-    FASTFACE_HOST             "a1111" (default), "forge" (Forge 2) or "forge-classic" (first-generation
-                              Forge on ldm_patched): Forge's samplers, its cfg-1 shortcut (without DCG
-                              it evaluates the prompt row alone) and its hires payload
+    FASTFACE_HOST             "a1111" (default), "forge" (Forge 2), "forge-classic" (first-generation
+                              Forge on ldm_patched) or "reforge" (Panchovix's reForge): Forge's
+                              samplers, its cfg-1 shortcut (without DCG it evaluates the prompt row
+                              alone) and Forge 2's hires payload
 
 When the trace carries UNet calls per step ("calls"), they are checked against the documented
 numbers (README, "UNet calls per step"): one call per model evaluation on both hosts, every preset.
@@ -55,7 +56,7 @@ def _needs_extension(request):
         pytest.skip("this server has no FastFace (baseline run)")
 
 HOST = os.environ.get("FASTFACE_HOST", "a1111").lower()
-FORGE = HOST in ("forge", "forge-classic")
+FORGE = HOST in ("forge", "forge-classic", "reforge")
 SAMPLERS = (["Euler", "Euler a", "DPM++ 2M", "LCM"] if FORGE
             else ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "LCM"])
 STEPS = [1, 2, 4, 8]
@@ -244,6 +245,29 @@ def test_fastface_changes_the_image():
     assert png_pixels(off["images"][0]) != png_pixels(on["images"][0])
 
 
+def xyz_script_args(xyz, x_type: int, x_choices: list) -> list:
+    """The XYZ script's arguments in the host's own signature, read from its script-info (A1111 and
+    Forge: 18; reForge: 21, with other options between the axes and the seeds): X = the axis with
+    its dropdown values, Y and Z = "Nothing" (index 0), legend and sub images on, everything else
+    at the host's defaults. Each axis has a textbox and then a dropdown, both labelled "X values"."""
+    args, seen = [], {}
+    for arg in xyz["args"]:
+        label = arg["label"]
+        nth = seen[label] = seen.get(label, -1) + 1
+        if label == "X type":
+            value = x_type
+        elif label in ("Y type", "Z type"):
+            value = 0
+        elif label in ("X values", "Y values", "Z values"):
+            value = "" if nth == 0 else (list(x_choices) if label == "X values" else [])
+        elif label in ("Draw legend", "Include Sub Images"):
+            value = True
+        else:
+            value = arg.get("value")
+        args.append(value)
+    return args
+
+
 def test_xyz_preset_axis_applies_per_cell():
     """The XYZ plot script with a `[FastFace] Preset` axis: each cell's infotext has its preset."""
     info = get(URL, "/sdapi/v1/script-info")
@@ -252,8 +276,7 @@ def test_xyz_preset_axis_applies_per_cell():
     assert labels.count("[FastFace] Preset") == 1, "axis registered once"
     x_type = labels.index("[FastFace] Preset")
     # an axis with choices takes its values from the dropdown list (xyz_grid.py run())
-    script_args = [x_type, "", ["Stylistic", "Realistic portrait"], 0, "", [], 0, "", [], True, True, False,
-                   False, False, False, False, 0, False]
+    script_args = xyz_script_args(xyz, x_type, ["Stylistic", "Realistic portrait"])
     resp = txt2img({"enabled": False, "preset": "Realistic"}, script_name="x/y/z plot", script_args=script_args)
     cells = [t for t in resp["info_json"]["infotexts"] if "FastFace: " in t]
     assert any("preset=Stylistic" in t for t in cells) and any("preset=Realistic portrait" in t for t in cells)

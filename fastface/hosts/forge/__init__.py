@@ -29,8 +29,11 @@ What FastFace does per sampling pass (only when enabled):
   first; the wrapper's `__deepcopy__` shares the adapter), assigns the clone to
   `p.sd_model.forge_objects.unet` (undone with the job);
 * DCG: a conditioning modifier stashes the compiled negative conditioning in the step's
-  model options; a pre-CFG function decides per model call how the id-only branch (negative text
-  + face) is evaluated and drops the uncond rows on steps that read neither; a
+  model options; the hook that runs before the evaluation — a pre-CFG function (6-tuple) on
+  Forge 2 / Forge Classic, `sampler_calc_cond_batch_function` on reForge 3b56b268 (samplers.py
+  L419-422; its pre-CFG functions get an args dict after the evaluation) — decides per model call
+  how the id-only branch (negative text + face) is evaluated and drops the uncond rows on steps
+  that read neither; a
   `model_function_wrapper` (sampling_function.py L270-271) carries that out inside Forge's own
   `calc_cond_uncond_batch`, so a step is ONE UNet call:
     - two branches (id-only + full): the negative rows stay in the uncond slot and are labelled
@@ -45,14 +48,16 @@ What FastFace does per sampling pass (only when enabled):
   Thresholding) is chained: it receives a CFG problem whose plain-CFG answer is the DCG result;
   another UNet wrapper runs inside FastFace's;
 * AM: every `CrossAttentionPatch`-like attn2 patch is wrapped; FaceID adapters in targeted parts
-  and steps get `fastface.method.attention.ip_attention` with the step's transform, everything else
-  runs Forge's own code;
+  and steps get `fastface.method.attention.ip_attention` with the step's transform and the unit
+  weight as the host's patch applies it (w, or w² on reForge: measured once per patch class),
+  everything else runs Forge's own code;
 * the sampler step comes from the sampler's `callback_state` (as on A1111), rows and UNet calls
   per step are counted by a forward pre-hook on the UNet (trace).
 
 Modules (each imports only those above it):
     state       the per-pass state (`ForgePass`) and its sampler step
-    internals   Forge's internals found by duck typing: the samplers' batch function, IP-Adapter patches
+    internals   Forge's internals found by duck typing: the samplers' batch functions, IP-Adapter patches
+                and how they apply a unit's weight
     preview     "Show face attention" on Forge (the shared logic is `hosts.recording`)
     attention   AM: `FaceAttn2Patch`, the wrapper of the built-in IP-Adapter's attn2 patches; the UNet clone
     batching    DCG's id-only rows inside Forge's own UNet call (`model_function_wrapper`)

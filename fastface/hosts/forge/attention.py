@@ -12,7 +12,7 @@ from ...method.blocks import unet_part
 from .. import recording
 from ..common import Job
 from . import preview
-from .internals import at, attn2_patches, copy_patch, is_faceid_adapter, is_ip_patch
+from .internals import at, attn2_patches, copy_patch, is_faceid_adapter, is_ip_patch, weight_power
 from .state import ForgePass
 
 FULL_SIGMA_START = 999999999.0   # percent_to_sigma(0.0) = 999999999.9: no upper bound (backend/modules/k_prediction.py L161-165)
@@ -72,6 +72,11 @@ class FaceAttn2Patch:
     def has_face(self) -> bool:
         return bool(self._faceid_split()[0])
 
+    def weight_power(self) -> Optional[int]:
+        """How the host's patch applies an "original" unit weight (w or w², `internals.weight_power`):
+        FastFace's layer applies it the same way, so an identity transform gives the host's output."""
+        return weight_power(self.inner)
+
     def __call__(self, n, context_attn2, value_attn2, extra_options):
         job = self.job
         st = job.current_pass
@@ -111,6 +116,8 @@ class FaceAttn2Patch:
         weight_type = str(at(getattr(inner, "weight_type", None), index, "original"))
         if not (weight_type.startswith("original") or weight_type.startswith("linear")):
             return f"IP-Adapter weight type {weight_type!r}"
+        if weight_type.startswith("original") and self.weight_power() is None:
+            return "an IP-Adapter whose unit weight FastFace could not measure"
         if at(getattr(inner, "masks", None), index, None) is not None:
             return "an attention mask on the FaceID unit"
         if at(getattr(inner, "unfold_batch", None), index, False):
@@ -197,8 +204,8 @@ class FaceAttn2Patch:
                 face_out = recording.face_attention(qh, kh, vh, transform, kernels=job.kernels, recorder=preview.recorder(
                     job, inner.ipadapters[i], rows, extra_options, transform))
             face_out = face_out.transpose(1, 2).reshape(rows, tokens, width)
-            if not linear:
-                face_out = face_out * weight
+            if not linear:   # the host's own weighting: w (Forge 2, Forge Classic) or w² (reForge)
+                face_out = face_out * weight ** self.weight_power()
             if isinstance(window, torch.Tensor):
                 face_out = face_out * window.to(face_out.dtype)
             else:

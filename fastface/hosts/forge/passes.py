@@ -101,6 +101,9 @@ def _start_pass(job: Job, p) -> None:
     unet = clone_unet(source, job)
     patches = [v for v in attn2_patches(unet.model_options).values() if getattr(v, "_fastface_wrapper", False)]
     st.face = any(v.has_face() for v in patches)
+    for patch in patches:   # measured here, at set-up, so that no layer call reads a tensor for it
+        if patch.has_face():
+            patch.weight_power()
     if not st.face:
         job.note(no_face_note("Forge's ControlNet", job.args))
     if job.args.dcg:

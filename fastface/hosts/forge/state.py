@@ -20,7 +20,10 @@ class ForgePass(StepTracker):
     sampler: Any = None              # the sampler whose callback_state is patched
     batched: bool = False            # the id-only rows ride in Forge's own UNet call (wrapper installed)
     prior_wrapper: Optional[Callable] = None  # another extension's model_function_wrapper, chained
-    plan: Optional[str] = None       # this model call's id-only plan (pre-CFG sets it, the cfg function clears it)
+    prior_calc: Optional[Callable] = None  # another extension's sampler_calc_cond_batch_function, chained
+    planned: bool = False            # a FastFace hook before the evaluation ran for this model call
+    plan: Optional[str] = None       # this model call's id-only plan (set before the evaluation, the cfg function clears it)
+    uncond_ran: Optional[bool] = None  # the uncond slot holds a real negative prediction (None: no hook said)
     id_x0: Any = None                # the wrapper's result for the plan: appended rows' x0, or True
     window_sigmas: Any = None        # the σ tensor of the UNet call the windows below belong to
     windows: dict = field(default_factory=dict)   # (sigma_start, sigma_end) -> (1,) 0/1 factor
