@@ -17,6 +17,7 @@ constants are built on the device once (`device_constant`), never while a CUDA g
 from __future__ import annotations
 
 import functools
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Union
 
@@ -105,9 +106,16 @@ def scale_power(attn: Tensor, s: float, p: float, clamp_max: float = 10.0) -> Te
     """AM1: min(s·Aᵖ, clamp_max), elementwise (the authors apply pow, then scale, then clamp).
 
     Negative inputs (never produced by softmax) are floored at 0 so a fractional power cannot
-    produce NaN."""
+    produce NaN. p is used as the fp32 number it rounds to (`fp32_exponent`)."""
     a = attn.float().clamp_min(0.0)
-    return (a.pow(p) * s).clamp(max=clamp_max).to(attn.dtype)
+    return (a.pow(fp32_exponent(p)) * s).clamp(max=clamp_max).to(attn.dtype)
+
+
+def fp32_exponent(p: float) -> float:
+    """p rounded to fp32, the exponent the face branch uses on every device: torch's CPU pow takes a
+    Python exponent as a double and its CUDA pow as the tensor's fp32, which differ where p rounds
+    to 0 in fp32 (0ᵖ: 0 or 1); the fused kernels get fp32 too."""
+    return struct.unpack("f", struct.pack("f", float(p)))[0]
 
 
 # -- softmask ------------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ class ScalePower:
         """On softmax output (in [0, 1], so the floor at 0 of `scale_power` is moot): pow, scale,
         and the clamp only where it can bind (s·Aᵖ ≤ s). Elementwise, so `complete` (whether the
         tokens hold the whole softmax, i.e. no sink) changes nothing."""
-        out = probs.pow(self.p)
+        out = probs.pow(fp32_exponent(self.p))
         if self.s != 1.0:
             out = out.mul_(self.s)
         if self.s > self.clamp_max:

@@ -196,10 +196,10 @@ def test_show_attention_previews_the_ten_pulid_tokens(host):  # noqa: F811
     box = {}
     original_finish = recording.finish
 
-    def keep(job, p_, processed):
+    def keep(job, p_, processed, *rest):
         box["maps"] = job.recording.recorder.images() if job.recording is not None else []
         box["pulid"] = job.recording.pulid if job.recording is not None else None
-        return original_finish(job, p_, processed)
+        return original_finish(job, p_, processed, *rest)
 
     recording.finish, restore = keep, recording.finish
     try:
