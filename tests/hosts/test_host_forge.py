@@ -568,17 +568,26 @@ def reference_one_call(run, args):
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 def test_one_unet_call_per_step_for_every_preset(forge_env, preset, steps, cfg):
-    args, batch = PRESETS[preset], 2
-    run = Run(args, steps=steps, cfg=cfg, batch=batch).start()
+    run = sample_one_job(PRESETS[preset], steps, cfg, batch=2)
+    assert run.job.failed is None
+    assert_one_call_per_step_with_the_documented_rows(run, PRESETS[preset], steps, cfg, batch=2)
+    assert '"calls":{' in run.job.trace_json()
+
+
+def sample_one_job(args, steps, cfg, batch, **host):
+    run = Run(args, steps=steps, cfg=cfg, batch=batch, **host).start()
     run.sample()
     run.end()
-    assert run.job.failed is None
+    return run
+
+
+def assert_one_call_per_step_with_the_documented_rows(run, args, steps, cfg, batch):
+    """One UNet call per step, holding the README table's rows (Forge's own at CFG 1 without DCG)."""
     for k in range(steps):
         assert run.job.calls[(0, k)] == forge_dcg.unet_calls_per_evaluation(k, steps, args) == 1, (k, dict(run.job.calls))
         per_image = branches_needed(k, steps, args).rows_per_image if args.dcg else (1 if cfg == 1.0 else 2)
         assert run.job.rows[(0, k)] == batch * per_image, (k, dict(run.job.rows))
     assert len(run.model.calls) == steps
-    assert '"calls":{' in run.job.trace_json()
 
 
 @pytest.mark.parametrize("preset", ["Stylistic", "Realistic"])

@@ -13,14 +13,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fastface.hosts import forge
-from fastface.hosts.forge import attention as forge_attention, dcg as forge_dcg, internals as forge_internals
-from fastface.method.schedule import branches_needed
+from fastface.hosts.forge import attention as forge_attention, internals as forge_internals
 from fastface.presets import PRESETS
 
 import forge_standins as fs
-from test_host_forge import (Run, _attention_inputs, _job, float64_standins, forge_env, initial_x,  # noqa: F401 (fixtures)
-                             reference_calls)
+from test_host_forge import (Run, _attention_inputs, _job, assert_one_call_per_step_with_the_documented_rows,  # noqa: F401
+                             float64_standins, forge_env, initial_x, reference_calls, sample_one_job)   # (fixtures)
 
 REALISTIC, STYLISTIC = PRESETS["Realistic"], PRESETS["Stylistic"]
 REFORGE = dict(patcher=fs.ReforgeUnetPatcher, patch_class=fs.ReforgeCrossAttentionPatch)
@@ -46,16 +44,9 @@ def reforge_env(forge_env, monkeypatch):
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 def test_reforge_one_unet_call_per_step_with_forge_2s_rows(reforge_env, preset, steps, cfg):
-    args, batch = PRESETS[preset], 2
-    run = Run(args, steps=steps, cfg=cfg, batch=batch, **REFORGE).start()
-    run.sample()
-    run.end()
+    run = sample_one_job(PRESETS[preset], steps, cfg, batch=2, **REFORGE)
     assert run.job.failed is None and not run.job.notes
-    for k in range(steps):
-        assert run.job.calls[(0, k)] == forge_dcg.unet_calls_per_evaluation(k, steps, args) == 1, (k, dict(run.job.calls))
-        per_image = branches_needed(k, steps, args).rows_per_image if args.dcg else (1 if cfg == 1.0 else 2)
-        assert run.job.rows[(0, k)] == batch * per_image, (k, dict(run.job.rows))
-    assert len(run.model.calls) == steps
+    assert_one_call_per_step_with_the_documented_rows(run, PRESETS[preset], steps, cfg, batch=2)
 
 
 def test_reforge_realistic_4_steps_rows_2_3_3_2(reforge_env):
