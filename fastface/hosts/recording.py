@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..method.attention import face_probs_token_major, ip_attention
+from ..method.attention import face_probs_token_major, ip_attention, transform_token_major
 from ..views.attnmaps import AttentionRecorder, token_layout
 from .common import Job, log
 
@@ -128,14 +128,9 @@ def record_maps(recorder, query: torch.Tensor, ip_k: torch.Tensor, transform=Non
     only; the output is not touched. `sink`: zero tokens in the denominator (PuLID)."""
     if recorder is None:
         return
-    with torch.no_grad():
-        if not sink:
-            scores = torch.matmul(query.float(), ip_k.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5)
-            attn = scores.softmax(dim=-1)
-            recorder(attn, None if transform is None else transform(attn))
-            return
+    with torch.no_grad():   # the maps as the torch path of `ip_attention` makes them
         probs = face_probs_token_major(query, ip_k, sink)                 # (B, h, T, L)
-        mapped = None if transform is None else transform.token_major(probs, complete=False).transpose(-1, -2)
+        mapped = None if transform is None else transform_token_major(transform, probs, sink).transpose(-1, -2)
         recorder(probs.transpose(-1, -2), mapped)
 
 

@@ -61,11 +61,12 @@ class KernelSwitch:
 
 
 # -- the face branch ---------------------------------------------------------------------------
-def face_probs_token_major(q: Tensor, k: Tensor, sink: int = 0) -> Tensor:
-    """softmax(q·kᵀ/√d) over the face tokens, fp32, token-major (B, heads, T, L); with `sink`
-    zero tokens (score 0) in the denominator only."""
+def face_probs_token_major(q: Tensor, k: Tensor, sink: int = 0, scale: Optional[float] = None) -> Tensor:
+    """softmax(q·kᵀ·scale) over the face tokens, fp32, token-major (B, heads, T, L); `scale` 1/√d
+    unless given; with `sink` zero tokens (score 0) in the denominator only."""
     qf, kf = f32(q), f32(k)
-    scores = torch.matmul(kf * (qf.shape[-1] ** -0.5), qf.transpose(-1, -2))  # (B, h, T, L)
+    scale = qf.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(kf * scale, qf.transpose(-1, -2))                    # (B, h, T, L)
     if not sink:
         return scores.softmax(dim=-2)
     # exp(s − m) / (Σ exp(s − m) + sink·exp(−m)) with m = max(max_T s, 0), the largest score of the
@@ -93,12 +94,7 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
         return as_dtype(F.scaled_dot_product_attention(f32(q), f32(k), f32(v)), q.dtype)
     vf = f32(v)
     probs = face_probs_token_major(q, k, sink)                     # (B, h, T, L)
-    if transform is None:
-        mapped = probs
-    elif hasattr(transform, "token_major"):
-        mapped = transform.token_major(probs, complete=False) if sink else transform.token_major(probs)
-    else:
-        mapped = transform(probs.transpose(-1, -2)).transpose(-1, -2)
+    mapped = probs if transform is None else transform_token_major(transform, probs, sink)
     if recorder is not None:
         recorder(probs.transpose(-1, -2), None if transform is None else mapped.transpose(-1, -2))
     weight = getattr(transform, "output_adain", None)
@@ -109,6 +105,15 @@ def ip_attention(q: Tensor, k: Tensor, v: Tensor, transform: Optional[AttentionT
     else:
         out = _values_with_output_adain(mapped, probs, vf, weight)
     return as_dtype(out, q.dtype)
+
+
+def transform_token_major(transform: AttentionTransform, probs: Tensor, sink: int = 0) -> Tensor:
+    """`transform` on token-major probabilities (B, heads, T, L): its own token-major form where it
+    has one (told whether the T tokens hold the whole softmax, i.e. no sink), else through the
+    (B, heads, L, T) layout."""
+    if hasattr(transform, "token_major"):
+        return transform.token_major(probs, complete=False) if sink else transform.token_major(probs)
+    return transform(probs.transpose(-1, -2)).transpose(-1, -2)
 
 
 LARGE_MAP = 256   # L from which the output AdaIN's statistics come from the maps (fewer FLOPs)

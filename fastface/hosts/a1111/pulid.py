@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import torch
 
+from ...method.attention import face_probs_token_major
 from .. import recording
 
 Tensor = torch.Tensor
 
 GATE_TOKENS = 5    # pulid_attn.py L62: the first 5 id tokens (the MLP's) open the Fidelity gate
-
-
-def is_pulid(adapter) -> bool:
-    return bool(getattr(getattr(adapter, "ipadapter", None), "is_pulid", False))
 
 
 def setting_of(adapter):
@@ -94,14 +91,8 @@ def face_branch(setting, hidden_states: Tensor, query: Tensor, id_embedding: Ten
 def fidelity_gate(query: Tensor, id_key: Tensor, sink: int) -> Tensor:
     """pulid_attn.py L59-61 on the untransformed map: Σ_{t < 5} softmax(q·kᵀ)_t, unscaled, with `sink`
     zero tokens (score 0) in the denominator, averaged over heads → (B, L, 1) fp32."""
-    scores = torch.matmul(query.float(), id_key.float().transpose(-1, -2))          # (B, heads, L, T)
-    top = scores.amax(dim=-1, keepdim=True).clamp_min_(0.0)
-    e = scores.sub_(top).exp_()
-    total = e.sum(dim=-1, keepdim=True)
-    if sink:
-        total = total.add_(top.neg_().exp_().mul_(float(sink)))
-    first = e[..., :GATE_TOKENS].sum(dim=-1, keepdim=True)
-    return first.div_(total).mean(dim=1)                                               # (B, L, 1)
+    probs = face_probs_token_major(query, id_key, sink, scale=1.0)                    # (B, heads, T, L)
+    return probs[:, :, :GATE_TOKENS].sum(dim=2).mean(dim=1).unsqueeze(-1)
 
 
 def record_untransformed(recorder, query: Tensor, id_embedding: Tensor, heads: int, head_dim: int, emb_to_k,
