@@ -56,8 +56,7 @@ Tensor = torch.Tensor
 
 MAX_TOKENS = 32          # face tokens T (4: FaceID / Plus / Plus-v2, 16: Portrait, 10: PuLID, 32: PuLID v1.1)
 MAX_HEAD_DIM = 256       # d (SDXL 64; SD1.5 40 / 80 / 160, padded to powers of two)
-MAX_POOL = 4096          # rows · heads whose statistics one softmask program pools (T ≤ 16)
-MAX_POOL_VALUES = MAX_POOL * 16   # (rows · heads) × T_PAD statistics one program holds
+MAX_POOL_VALUES = 4096 * 16   # (rows · heads) × T_PAD statistics one softmask program pools (4096 rows·heads at T ≤ 16)
 STATS_BLOCK = 4096       # L up to this stays in registers for the quantile; longer L is streamed
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -205,7 +204,7 @@ def _softmask(kernels, q, k, v, out, sm: Softmask, grid, block_l, t_pad, d_pad, 
         raise NotImplementedError("softmask without an AdaIN weight")
     rows_heads = b * h
     rh_pad = _pow2(rows_heads, 1)
-    if rh_pad > MAX_POOL or rh_pad * t_pad > MAX_POOL_VALUES:
+    if rh_pad * t_pad > MAX_POOL_VALUES:
         raise NotImplementedError(f"{rows_heads} rows·heads")
     w = float(sm.adain)
     probs = torch.empty((rows_heads, tokens, length), dtype=torch.float32, device=q.device)   # (B·H, T, L)
