@@ -184,17 +184,19 @@ def _get(unit, name: str, default=None):
     return getattr(unit, name, default)
 
 
+def _model_and_module(unit) -> tuple[str, str]:
+    return (str(_get(unit, "model", "") or "").lower(), str(_get(unit, "module", "") or "").lower())
+
+
 def is_faceid_unit(unit) -> bool:
-    model = str(_get(unit, "model", "") or "").lower()
-    module = str(_get(unit, "module", "") or "").lower()
+    model, module = _model_and_module(unit)
     return "faceid" in model.replace("_", "").replace("-", "") or "face_id" in module
 
 
 def is_pulid_unit(unit) -> bool:
     """sd-webui-controlnet's PuLID (module `ip-adapter_pulid`, a model file named *pulid*): an identity
     adapter whose reference image the readout compares with, as for FaceID."""
-    model = str(_get(unit, "model", "") or "").lower()
-    module = str(_get(unit, "module", "") or "").lower()
+    model, module = _model_and_module(unit)
     return "pulid" in model or "pulid" in module
 
 

@@ -10,7 +10,7 @@ from ...method.blocks import unet_part
 from .. import recording
 from ..common import Job, PatchSet
 from . import preview, pulid
-from .controlnet import is_faceid, plugable_ipadapter_classes
+from .controlnet import is_faceid, is_pulid, plugable_ipadapter_classes
 
 
 def _patched_attn_eval(job: Job, original, transform_layers: bool):
@@ -53,7 +53,7 @@ def identity_kind(adapter) -> Optional[str]:
     """"faceid", "pulid" (with a PuLID setting FastFace knows), or None: left to the host."""
     if is_faceid(adapter):
         return "faceid"
-    if pulid.is_pulid(adapter) and pulid.setting_of(adapter) is not None:
+    if is_pulid(adapter) and pulid.setting_of(adapter) is not None:
         return "pulid"
     return None
 

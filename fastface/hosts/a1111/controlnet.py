@@ -33,6 +33,11 @@ def is_faceid(adapter) -> bool:
     return bool(getattr(getattr(adapter, "ipadapter", None), "is_faceid", False))
 
 
+def is_pulid(adapter) -> bool:
+    """A PuLID unit (ipadapter_model.py L281: "pulid" in the model's file name); see `pulid.py`."""
+    return bool(getattr(getattr(adapter, "ipadapter", None), "is_pulid", False))
+
+
 # -- rows -----------------------------------------------------------------------------------------
 def crossattn(cond):
     return cond["crossattn"] if isinstance(cond, dict) else cond

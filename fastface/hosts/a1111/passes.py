@@ -6,7 +6,7 @@ import functools
 from ..common import Job, PatchSet, no_face_note
 from . import pulid
 from .attention import identity_kind, install_attention
-from .controlnet import ip_adapters
+from .controlnet import ip_adapters, is_pulid
 from .dcg import combine
 from .state import PassState
 
@@ -25,7 +25,7 @@ def _install_row_counter(job: Job, p, patches: PatchSet) -> None:
 def _note_pulid_units(job: Job, adapters) -> None:
     """The PuLID mode once per job (sd-webui-controlnet does not write it to the infotext)."""
     for adapter in adapters:
-        if not pulid.is_pulid(adapter):
+        if not is_pulid(adapter):
             continue
         setting = pulid.setting_of(adapter)
         if setting is None:
