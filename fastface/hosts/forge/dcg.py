@@ -14,6 +14,8 @@ from .internals import calc_cond_batch
 from .state import ForgePass
 
 STASH_KEY = "fastface_uncond"          # model_options key: the step's compiled negative conditioning
+CFG_PP_NOTE = ("CFG++ sampler: it steps with DCG's result and renoises with the real uncond (negative prompt, "
+               "no face), so FastFace evaluates the uncond on every step (3 rows per image); the CFG scale is not used")
 
 
 def _stock_cfg(args) -> torch.Tensor:
@@ -44,6 +46,20 @@ def _uncond_droppable(job: Job, st: ForgePass, model_options, *, after_evaluatio
     return st.prior_cfg is None and not model_options.get("sampler_post_cfg_function")
 
 
+def cfg_pp_function(model_options) -> Optional[object]:
+    """The post-CFG function a CFG++ sampler installed for this model call, or None.
+
+    Forge Neo's (and reForge's) k-diffusion `sample_*_cfg_pp` add a nested `post_cfg_function` to
+    the call's model_options that keeps `uncond_denoised` and renoises with it on every step (Neo
+    `k_diffusion/sampling.py` L667-673, L715-721). Recognised by the function it is nested in
+    (`sample_euler_cfg_pp.<locals>.post_cfg_function`): the sampler never reaches the UNet patcher."""
+    for fn in model_options.get("sampler_post_cfg_function") or []:
+        outer = str(getattr(fn, "__qualname__", "")).split(".<locals>.")[0]
+        if not ours(fn) and outer.endswith("_cfg_pp"):
+            return fn
+    return None
+
+
 def unet_calls_per_evaluation(step: int, total: int, args, *, face: bool = True, batched: bool = True) -> int:
     """UNet calls Forge makes for one model evaluation of `step` with FastFace on (the numbers the
     README documents; a second-order sampler evaluates most steps twice). One when the id-only rows
@@ -58,6 +74,10 @@ def _plan(job: Job, st: ForgePass, cond, uncond_, model_options, *, after_evalua
     """Before Forge evaluates a model call: how the id-only rows ride in it (`st.plan`), and the
     uncond entries it evaluates (None where DCG drops them)."""
     st.plan, st.id_x0, st.uncond_ran, st.planned = None, None, None, True
+    if cfg_pp_function(model_options) is not None:
+        # CFG++ keeps DCG's result as the denoised and renoises with the real uncond: the
+        # uncond is read on every step, so `_uncond_droppable` keeps it (the post-CFG function)
+        job.note(CFG_PP_NOTE)
     droppable = uncond_ is not None and _uncond_droppable(job, st, model_options, after_evaluation=after_evaluation)
     st.plan = id_plan(job, st, uncond_, droppable)
     if droppable and st.plan is None:

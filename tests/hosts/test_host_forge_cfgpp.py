@@ -1,0 +1,111 @@
+"""DCG with a CFG++ sampler (Forge Neo 2.26's *Euler CFG++*, *Euler a CFG++*, *DPM++ 2M CFG++*).
+
+A CFG++ sampler adds a post-CFG function to the call's model_options that keeps the uncond
+prediction, and renoises with it instead of the guided one (Neo `k_diffusion/sampling.py`
+L656-702). FastFace's choice: the denoised it steps with is DCG's combination, the uncond it
+renoises with is the real one (negative text, no face), so the uncond rows are evaluated on every
+step, and the infotext says so. The stand-in sampler below is Neo's Euler CFG++ for an ε-model
+(α_s = σ·e^(−log σ) = 1, σ_down = σ_next at η = 0).
+"""
+import pytest
+import torch
+
+from fastface.hosts.forge import dcg as forge_dcg
+from fastface.method.guidance import dcg_x0
+from fastface.method.schedule import alpha_beta, rescale_phi
+from fastface.presets import PRESETS
+
+import forge_standins as fs
+from test_host_forge import (SIGMAS, Run, _compiled, _reference_setup, float64_standins,  # noqa: F401
+                             forge_env, initial_x)   # (fixtures)
+
+REALISTIC = PRESETS["Realistic"]
+
+
+def sample_euler_cfg_pp(run: Run, seen_unconds: list):
+    """Neo's `sample_euler_cfg_pp` (L656-702 at η = 0) over the stand-in denoiser: its nested
+    `post_cfg_function` (the qualname Neo's has) is installed in the UNet's model_options the way
+    `set_model_options_post_cfg_function` joins it into the call's options."""
+    uncond_denoised = None
+
+    def post_cfg_function(args):
+        nonlocal uncond_denoised
+        uncond_denoised = args["uncond_denoised"]
+        seen_unconds.append(uncond_denoised)
+        return args["denoised"]
+
+    post_cfg_function.__qualname__ = "sample_euler_ancestral_cfg_pp.<locals>.post_cfg_function"
+    unet = run.p.sd_model.forge_objects.unet
+    unet.set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=True)
+    den = run.sampler.model_wrap_cfg
+    sigmas = torch.tensor(SIGMAS[run.steps])
+    x = initial_x(run.batch)
+    den.steps = den.total_steps = run.steps
+    with torch.no_grad():
+        for i in range(run.steps):
+            denoised = den(x, sigmas[i] * x.new_ones(x.shape[0]), run.p.c, run.p.uc, run.cfg)
+            run.sampler.callback_state({"i": i, "x": x, "denoised": denoised})
+            if sigmas[i + 1] == 0:
+                x = denoised
+            else:
+                x = denoised + sigmas[i + 1] * (x - uncond_denoised) / sigmas[i]
+    return x
+
+
+def reference_cfg_pp(run, args):
+    """The three branches evaluated one by one, `dcg_x0` as the denoised, the real negative-text
+    prediction (labelled UNCOND: no face) as what Euler CFG++ renoises with."""
+    st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
+    options = {"transformer_options": transformer_options}
+    x = initial_x(run.batch)
+    with torch.no_grad():
+        for i in range(run.steps):
+            st.step, st.total = i, run.steps
+            s = sigmas[i] * torch.ones(run.batch)
+            uncond = fs.calc_cond_uncond_batch(km, [], _compiled(run, negative), x, s, options)[1]
+            id_only = fs.calc_cond_uncond_batch(km, _compiled(run, negative), None, x, s, options)[0]
+            full = fs.calc_cond_uncond_batch(km, _compiled(run, run.p.c), None, x, s, options)[0]
+            a, b = alpha_beta(i, run.steps, args)
+            den = dcg_x0(x, s, uncond, id_only, full, a, b, rescale_phi(i, run.steps, args))
+            x = den if sigmas[i + 1] == 0 else den + sigmas[i + 1] * (x - uncond) / sigmas[i]
+    return x
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cfg_pp_steps_with_dcg_and_renoises_with_the_real_uncond(forge_env, cfg, batch):
+    run = Run(REALISTIC, cfg=cfg, batch=batch).start()
+    seen = []
+    got = sample_euler_cfg_pp(run, seen)
+    calls = dict(run.job.calls)
+    rows = [c["rows"] for c in run.model.calls]
+    expected = reference_cfg_pp(run, REALISTIC)
+    run.end()
+    assert run.job.failed is None
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)   # the face branch computes in fp32
+    assert len(seen) == 4 and all(u is not None for u in seen)
+    # uncond + id-only + full on every step, in one UNet call per step
+    assert rows == [3 * batch] * 4 and all(calls[(0, k)] == 1 for k in range(4))
+    assert forge_dcg.CFG_PP_NOTE in run.job.notes
+
+
+def test_a_post_cfg_function_that_is_not_cfg_pp_gets_no_cfg_pp_note(forge_env):
+    def post_cfg(args):   # e.g. SAG: reads the uncond, but is no CFG++ sampler
+        return args["denoised"]
+
+    run = Run(REALISTIC, post_cfg=post_cfg).start()
+    run.sample()
+    run.end()
+    assert run.job.failed is None and forge_dcg.CFG_PP_NOTE not in run.job.notes
+
+
+def test_cfg_pp_function_is_recognised_by_the_samplers_nested_name():
+    def post_cfg_function(args):
+        return args["denoised"]
+
+    assert forge_dcg.cfg_pp_function({}) is None
+    assert forge_dcg.cfg_pp_function({"sampler_post_cfg_function": [post_cfg_function]}) is None
+    for sampler in ("sample_euler_ancestral_cfg_pp", "sample_dpmpp_2m_cfg_pp", "res_multistep"):
+        post_cfg_function.__qualname__ = f"{sampler}.<locals>.post_cfg_function"
+        found = forge_dcg.cfg_pp_function({"sampler_post_cfg_function": [post_cfg_function]})
+        assert (found is post_cfg_function) == ("cfg_pp" in sampler)
