@@ -27,7 +27,7 @@ playwright = pytest.importorskip("playwright.sync_api") if URL else None
 pytestmark = pytest.mark.skipif(not URL, reason="FASTFACE_WEBUI_UI_URL not set (opt-in real-UI tests)")
 SHOTS = os.environ.get("FASTFACE_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="fastface-shots-")
 HOST = os.environ.get("FASTFACE_HOST", "a1111").lower()
-FORGE = HOST in ("forge", "forge-classic")
+FORGE = HOST in ("forge", "forge-classic", "reforge", "neo")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ fine; see README "Development".
     FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × every sampler (slow on
                               CPU); default: a cross-section (every preset × steps, samplers cycled)
     FASTFACE_HOST             "a1111" (default), "forge" (Forge 2), "forge-classic" (first-generation
-                              Forge on ldm_patched) or "reforge" (Panchovix's reForge): Forge's
-                              samplers, its cfg-1 shortcut (without DCG it evaluates the prompt row
-                              alone) and Forge 2's hires payload
+                              Forge on ldm_patched), "reforge" (Panchovix's reForge) or "neo" (Forge
+                              Neo): Forge's samplers, its cfg-1 shortcut (without DCG it evaluates the
+                              prompt row alone) and the hires payload of Forge 2 and Neo
 
 When the trace carries UNet calls per step ("calls"), they are checked against the documented
 numbers (README, "UNet calls per step"): one call per model evaluation on both hosts, every preset.
@@ -56,7 +56,10 @@ def _needs_extension(request):
         pytest.skip("this server has no FastFace (baseline run)")
 
 HOST = os.environ.get("FASTFACE_HOST", "a1111").lower()
-FORGE = HOST in ("forge", "forge-classic", "reforge")
+FORGE = HOST in ("forge", "forge-classic", "reforge", "neo")
+# Forge 2 and Neo: the API's hires fix needs hr_additional_modules; their API `infotext` field
+# answers HTTP 500 by itself (checked without the extension on both)
+HR_MODULES = HOST in ("forge", "neo")
 SAMPLERS = (["Euler", "Euler a", "DPM++ 2M", "LCM"] if FORGE
             else ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "LCM"])
 STEPS = [1, 2, 4, 8]
@@ -185,10 +188,27 @@ def test_attention_transform_reaches_down_and_up_not_mid():
     assert steps == {"0", "1", "2", "3"}
 
 
+def hires_upscaler() -> str:
+    """"Latent" where the host has it; Neo removed the latent upscalers (modules/shared.py
+    `latent_upscale_modes = {}`), so there one of its plain upscalers."""
+    try:
+        latent = [m.get("name") for m in get(URL, "/sdapi/v1/latent-upscale-modes")]
+    except Exception:
+        latent = []
+    if "Latent" in latent:
+        return "Latent"
+    names = [u.get("name") for u in get(URL, "/sdapi/v1/upscalers")]
+    return next(n for n in ("Lanczos", "Nearest", "None") if n in names)
+
+
+def hires_payload(**overrides) -> dict:
+    extra = {"hr_additional_modules": ["Use same choices"]} if HR_MODULES else {}
+    return dict(enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, denoising_strength=0.5,
+                hr_upscaler=hires_upscaler(), **extra, **overrides)
+
+
 def test_hires_fix_and_batch_two():
-    extra = {"hr_additional_modules": ["Use same choices"]} if HOST == "forge" else {}   # Forge 2 only
-    resp = txt2img({"enabled": True, "preset": "Realistic"}, batch_size=2, enable_hr=True, hr_scale=1.5,
-                   hr_second_pass_steps=2, denoising_strength=0.5, hr_upscaler="Latent", **extra)
+    resp = txt2img({"enabled": True, "preset": "Realistic"}, batch_size=2, **hires_payload())
     assert len(resp["images"]) >= 2  # Forge's IP-Adapter unit also returns its detection map
     rows = trace(resp)["rows"]
     assert [rows["0/0"], rows["0/1"], rows["0/2"], rows["0/3"]] == [4, 6, 6, 4]
@@ -205,9 +225,10 @@ def test_invalid_value_switches_fastface_off_and_says_why():
 
 
 def test_api_infotext_field_restores_fastface():
-    if HOST == "forge":  # Forge 2 only (checked without the extension: the same request fails);
-        pytest.skip(     # Forge Classic's and A1111's `infotext` field works"Forge 2.0.1's API apply_infotext answers HTTP 500 to any `infotext` "
-                    "(isinstance() with a parameterized generic in api.py get_field_value)")
+    if HR_MODULES:  # Forge 2 and Neo (checked without the extension: the same request fails);
+        pytest.skip(  # Forge Classic's, reForge's and A1111's `infotext` field works
+            f"{HOST}: the host's API apply_infotext answers HTTP 500 to any `infotext` with or without "
+            "FastFace (isinstance() with a parameterized generic in api.py get_field_value)")
     made = txt2img({"enabled": True, "preset": "Stylistic", "alpha_peak": 2.0})
     line = infotext(made).splitlines()[-1]
     again = txt2img(None, infotext=line)
@@ -408,3 +429,91 @@ def test_plain_ip_adapter_beside_faceid_is_untouched():
     assert trace(plain_only)["am"] == {}
     assert len(plain_only["images"]) == len(txt2img(_show("Realistic", False), steps=2,
                                                     alwayson_scripts=_with_units([plain]), unit=False)["images"])
+
+
+# -- every sampler the host lists; nothing of one job in the next -------------------------------------
+CFG_PP_NOTE = "CFG++ sampler:"   # fastface.hosts.forge.dcg.CFG_PP_NOTE begins so
+
+
+def _rows_per_evaluation(sampler: str, steps: int) -> list[int]:
+    """The documented rows per image of one model evaluation at each step: `branches_needed`'s,
+    and the uncond kept on every step for a CFG++ sampler (it renoises with it)."""
+    args = PRESETS["Realistic"]
+    rows = [branches_needed(k, steps, args).rows_per_image for k in range(steps)]
+    return [3] * steps if sampler.endswith("CFG++") else rows
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_every_sampler_of_the_host_with_dcg(cfg):
+    """Each sampler the server lists, Realistic at 4 steps: the image comes out, every UNet call
+    carries the documented rows of one evaluation (a step's calls × its rows per evaluation), no
+    internal error, and a CFG++ sampler's note is there (and only there). Prints one line per sampler."""
+    problems, lines = [], []
+    for sampler in [s["name"] for s in get(URL, "/sdapi/v1/samplers")]:
+        resp = txt2img({"enabled": True, "preset": "Realistic"}, sampler_name=sampler, cfg_scale=cfg)
+        note = params(resp).get("FastFace note", "")
+        tr = trace(resp)
+        rows, calls = tr["rows"], tr.get("calls", {})
+        steps = len([k for k in rows if k.startswith("0/")])
+        per_eval = _rows_per_evaluation(sampler, steps)
+        got = [rows.get(f"0/{k}", 0) for k in range(steps)]
+        n_calls = [calls.get(f"0/{k}", 1) for k in range(steps)]
+        lines.append(f"{sampler}: rows {got}, calls {n_calls}, note {note!r}")
+        if not resp["images"] or "internal error" in note:
+            problems.append(f"{sampler}: no image or an internal error ({note})")
+        if steps not in (4, 3) or got != [r * c for r, c in zip(per_eval, n_calls)]:
+            problems.append(f"{sampler}: rows {got} with calls {n_calls}, expected {per_eval} per evaluation")
+        if (CFG_PP_NOTE in note) != sampler.endswith("CFG++"):
+            problems.append(f"{sampler}: CFG++ note {'missing' if sampler.endswith('CFG++') else 'unexpected'}")
+    print("\n".join(lines))
+    assert not problems, "\n".join(problems)
+
+
+def _second_face_unit() -> dict:
+    """Another FaceID unit: another model where FASTFACE_UNIT_DIR has one (unit_faceid / unit_plus
+    beside the default unit's), another face (embedding or picture) and another weight."""
+    first = face_unit()
+    unit = dict(first)
+    for kind in ("faceid", "plus", "plusv2"):
+        path = os.path.join(UNIT_DIR, f"unit_{kind}.json")
+        if UNIT_DIR and os.path.isfile(path):
+            with open(path) as f:
+                candidate = json.load(f)
+            if candidate.get("model") != first.get("model"):
+                unit = candidate
+                break
+    unit["weight"] = 0.5 if float(first.get("weight", 1.0)) != 0.5 else 0.65
+    if unit.get("ipadapter_input"):
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(13)), dim=-1), buf)
+        unit["ipadapter_input"] = [base64.b64encode(buf.getvalue()).decode()]
+    elif unit.get("image"):
+        from forge_units import face_image_b64
+
+        unit["image"] = face_image_b64(seed=13)
+    return unit
+
+
+def test_jobs_with_two_faceid_units_and_weights_leave_nothing_behind():
+    """FastFace jobs with two different FaceID units at different weights, interleaved with
+    disabled jobs (Neo's patcher shares every object but dicts and lists between clones, its
+    IP-Adapter keeps state on the class): every disabled job gives the pixels of the first, a
+    repeated FastFace job gives its own pixels again."""
+    first, second = face_unit(), _second_face_unit()
+    units = {"first": [first], "second": [second]}
+    plan = [("off", "first"), ("Realistic", "first"), ("off", "second"), ("Realistic portrait", "second"),
+            ("off", "first"), ("Stylistic", "second"), ("Realistic", "first"), ("off", "second"),
+            ("Realistic portrait", "second"), ("off", "first"), ("Stylistic", "second"), ("off", "second")]
+    seen: dict = {}
+    for preset, which in plan:
+        args = {"enabled": False, "preset": "Realistic"} if preset == "off" else {"enabled": True, "preset": preset}
+        resp = txt2img(args, alwayson_scripts=_with_units(units[which]), unit=False)
+        pixels = png_pixels(resp["images"][0])
+        key = (preset, which)
+        if key in seen:
+            assert pixels == seen[key], f"{key} changed after the jobs before it"
+        seen[key] = pixels
+    assert seen[("off", "first")] != seen[("off", "second")]          # the two units differ
+    assert seen[("Realistic", "first")] != seen[("off", "first")]     # FastFace acted
