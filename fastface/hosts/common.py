@@ -45,14 +45,35 @@ def note_value(notes) -> str:
     return "; ".join(str(n).strip() for n in notes)
 
 
+def _without_face(args: FastFaceArgs, readout_runs: bool) -> str:
+    """What a job without a face branch still does and what it does not."""
+    effects = (["DCG runs without the face branch"] if args.dcg else []) \
+        + (["no attention transform"] if args.am_mode != "off" else []) \
+        + (["no likeness readout"] if args.readout and not readout_runs else [])
+    return ", ".join(effects) or "FastFace changes nothing"
+
+
 def no_face_note(where: str, args: FastFaceArgs) -> str:
     """The note for a job without a FaceID unit: what still runs and what does not, e.g.
     'no FaceID unit in sd-webui-controlnet: DCG runs without the face branch, no attention
     transform, no likeness readout'."""
-    effects = (["DCG runs without the face branch"] if args.dcg else []) \
-        + (["no attention transform"] if args.am_mode != "off" else []) \
-        + (["no likeness readout"] if args.readout else [])
-    return f"no FaceID unit in {where}: " + (", ".join(effects) or "FastFace changes nothing")
+    return f"no FaceID unit in {where}: " + _without_face(args, readout_runs=False)
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def not_applied_note(models: list[str], args: FastFaceArgs, readout_runs: bool) -> str:
+    """The note for a job whose request had IP-Adapter units (`models`: their model names) but
+    whose host installed no IP-Adapter layers: the WebUI logged an error and dropped the units
+    (e.g. Forge Neo's CLIP-Vision bug, or no insightface), so "no FaceID unit" would mislead.
+    `readout_runs`: the likeness readout still compares with a FaceID / PuLID unit's image (it
+    reads the request, not the host's layers)."""
+    unit = "unit" if len(models) == 1 else "units"
+    # a comma, not a semicolon, inside the parentheses: "; " separates the notes in the infotext
+    return (f"the ControlNet {unit} with {_listed(models)} installed no IP-Adapter layers (the WebUI's "
+            "IP-Adapter did not apply, its error is in the server log): " + _without_face(args, readout_runs))
 
 
 def rejected_note(issue: Issue) -> str:

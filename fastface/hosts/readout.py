@@ -19,7 +19,9 @@ The FaceID unit is read from ControlNet's own script arguments (`p.script_args` 
 there, as objects or, from the API, dicts): its image(s), or on A1111 a precomputed
 `ipadapter_input` embedding. A PuLID unit (A1111) counts as the FaceID unit: its image(s) are the
 reference (its `ipadapter_input` holds antelopev2 and EVA-CLIP features, not the readout's embedding).
-Duck-typed; anything unexpected means "no reference" and a note.
+Duck-typed; anything unexpected means "no reference" and a note. The hosts read the same units
+for their note when they found no IP-Adapter layers although an enabled unit names an IP-Adapter
+(`unapplied_units_note`: the WebUI dropped that unit and logged why).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..views import likeness
-from .common import log
+from .common import log, not_applied_note
 
 ID_KEY = "FastFace ID"
 SETTING = "fastface_face_models"
@@ -198,6 +200,41 @@ def is_pulid_unit(unit) -> bool:
     adapter whose reference image the readout compares with, as for FaceID."""
     model, module = _model_and_module(unit)
     return "pulid" in model or "pulid" in module
+
+
+IP_ADAPTER_WORDS = ("ipadapter", "faceid", "pulid")   # in a unit's model or module, separators dropped
+
+
+def names_ip_adapter(unit) -> bool:
+    """The unit's model or module names an IP-Adapter of any kind, case and separators aside:
+    `ip-adapter-faceid-plusv2_sd15 [b8a6f754]`, `ip-adapter_face_id_plus`, `InsightFace+CLIP-H (IPAdapter)`,
+    `ip-adapter_sd15`, `ip-adapter_pulid_sdxl_fp16`."""
+    squeezed = ["".join(c for c in name if c not in " -_.") for name in _model_and_module(unit)]
+    return any(word in name for name in squeezed for word in IP_ADAPTER_WORDS)
+
+
+def unit_model_name(unit) -> str:
+    """The unit's model as the request named it; its module when it names no model ("None")."""
+    model = str(_get(unit, "model", "") or "").strip()
+    return model if model.lower() not in ("", "none") else str(_get(unit, "module", "") or "").strip()
+
+
+def ip_adapter_unit_models(units) -> list[str]:
+    """The model names of the enabled units that name an IP-Adapter (a unit without `enabled` is off)."""
+    return [unit_model_name(u) for u in units if _get(u, "enabled", False) and names_ip_adapter(u)]
+
+
+def unapplied_units_note(p, args) -> Optional[str]:
+    """For a job whose host installed no IP-Adapter layers: the note naming the enabled units that
+    asked for one, or None when none did. The readout reads those units from the request, so it
+    still compares with a FaceID or PuLID unit's image."""
+    units = controlnet_units(p)
+    models = ip_adapter_unit_models(units)
+    if not models:
+        return None
+    enabled = [u for u in units if _get(u, "enabled", False)]
+    readout_runs = args.readout and any(is_faceid_unit(u) or is_pulid_unit(u) for u in enabled)
+    return not_applied_note(models, args, readout_runs)
 
 
 def controlnet_units(p) -> list:

@@ -16,13 +16,14 @@ import re
 import pytest
 
 from fastface.config import FastFaceArgs, Issue
-from fastface.hosts.common import NOTE_KEY, Job, no_face_note, note_value, rejected_note
+from fastface.hosts.common import NOTE_KEY, Job, no_face_note, not_applied_note, note_value, rejected_note
 from fastface.infotext import INFOTEXT_KEY, to_infotext
 from fastface.presets import PRESETS
 from fastface.views import likeness
 
 from infotext_standin import parameter_line, parse_parameter_line, quote
 
+NOTE_MAKERS = ("no_face_note", "not_applied_note")   # functions that build a note, called wherever
 HOSTS = pathlib.Path(__file__).resolve().parents[2] / "fastface" / "hosts"
 VIEWS = pathlib.Path(__file__).resolve().parents[2] / "fastface" / "views"
 
@@ -57,6 +58,8 @@ CATALOGUE = {
     "Forge's calc_cond_uncond_batch was not found: DCG is off": None,
     # both hosts: no FaceID unit (hosts/common.py no_face_note), examples below for every preset
     "no_face_note": None,
+    # both hosts: IP-Adapter units the WebUI dropped (hosts/common.py not_applied_note), examples below
+    "not_applied_note": None,
     # hosts/readout.py (the readout's own reasons; the models' reasons come from views/likeness.py)
     "likeness readout skipped after an error ({}: {})":
         "likeness readout skipped after an error (RuntimeError: ONNX session failed)",
@@ -82,8 +85,8 @@ def _template(node) -> str | None:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _template(node.left), _template(node.right)
         return (left if left is not None else "{}") + (right if right is not None else "{}")
-    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "no_face_note":
-        return "no_face_note"
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) in NOTE_MAKERS:
+        return node.func.id
     if isinstance(node, ast.IfExp):
         return "{}"
     return None
@@ -97,7 +100,9 @@ def notes_in_code() -> set[str]:
                 continue
             name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
             text = None
-            if name == "note" and node.args:
+            if name in NOTE_MAKERS:   # its text is checked through the examples below
+                text = name
+            elif name == "note" and node.args:
                 text = _template(node.args[0])
             elif name == "_stop" and len(node.args) == 3:
                 text = _template(node.args[2])
@@ -124,7 +129,7 @@ def test_every_note_in_the_code_is_in_the_catalogue():
 def _examples() -> list[str]:
     out = []
     for template, example in CATALOGUE.items():
-        if template == "no_face_note":
+        if template in NOTE_MAKERS:
             continue
         text = example or template
         if example is not None:
@@ -133,6 +138,11 @@ def _examples() -> list[str]:
         out.append(text)
     for where, preset, readout in itertools.product(("sd-webui-controlnet", "Forge's ControlNet"), PRESETS, (True, False)):
         out.append(no_face_note(where, PRESETS[preset].replace(readout=readout)))
+    models = (["ip-adapter-faceid-plusv2_sd15 [b8a6f754]"],
+              ["ip-adapter_sd15 [6a3f6166]", "InsightFace+CLIP-H (IPAdapter)"],
+              ["ip-adapter_pulid_sdxl_fp16", "ip-adapter-faceid_sdxl", "ip-adapter-plus_sdxl_vit-h"])
+    for names, preset, readout_runs in itertools.product(models, PRESETS, (True, False)):
+        out.append(not_applied_note(names, PRESETS[preset], readout_runs))
     out.append(rejected_note(Issue("am_mode", "expected one of off, scale-power, softmask; got 'sharpen'", True)))
     out.append("turned off after an internal error")
     return out
@@ -181,3 +191,14 @@ def test_no_faceid_note_says_what_still_runs():
         "no FaceID unit in sd-webui-controlnet: no attention transform, no likeness readout")
     assert no_face_note(where, PRESETS["Off"].replace(readout=False)) == (
         "no FaceID unit in sd-webui-controlnet: FastFace changes nothing")
+
+
+def test_unapplied_ip_adapter_note_names_each_model_and_the_server_log():
+    log_says = "installed no IP-Adapter layers (the WebUI's IP-Adapter did not apply, its error is in the server log)"
+    assert not_applied_note(["ip-adapter-faceid-plusv2_sd15 [b8a6f754]"], PRESETS["Realistic"], False) == (
+        f"the ControlNet unit with ip-adapter-faceid-plusv2_sd15 [b8a6f754] {log_says}: DCG runs without the face "
+        "branch, no attention transform, no likeness readout")
+    assert not_applied_note(["a", "b", "c"], PRESETS["Realistic"], True) == (
+        f"the ControlNet units with a, b and c {log_says}: DCG runs without the face branch, no attention transform")
+    assert not_applied_note(["a"], PRESETS["Off"], True).endswith(": FastFace changes nothing")
+    assert ";" not in not_applied_note(["a"], PRESETS["Realistic"], False)   # "; " separates the notes

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from ..common import Job, PatchSet, no_face_note
+from ..readout import unapplied_units_note
 from . import pulid
 from .attention import identity_kind, install_attention
 from .controlnet import ip_adapters, is_pulid
@@ -54,7 +55,9 @@ def start_pass(job: Job, p) -> None:
     if job.passes == 0:
         _note_pulid_units(job, adapters)
     if not face and job.passes == 0:
-        job.note(no_face_note("sd-webui-controlnet", job.args))
+        # no IP-Adapter at all although a unit asked for one: sd-webui-controlnet dropped that unit
+        dropped = None if adapters else unapplied_units_note(p, job.args)
+        job.note(dropped or no_face_note("sd-webui-controlnet", job.args))
     st = PassState(index=job.passes, is_hires=is_hires, face=face, images=max(int(getattr(p, "batch_size", 1) or 1), 1),
                    eps_output=type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
     job.passes += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..common import Job, log, no_face_note
+from ..readout import unapplied_units_note
 from .attention import clone_unet
 from .dcg import install_dcg
 from .internals import attn2_patches, calc_cond_uncond_batch
@@ -105,7 +106,10 @@ def _start_pass(job: Job, p) -> None:
         if patch.has_face():
             patch.weight_power()
     if not st.face:
-        job.note(no_face_note("Forge's ControlNet", job.args))
+        # no IP-Adapter patch at all although a unit asked for one: Forge logged an error and
+        # dropped the unit (Forge Neo's CLIP-Vision bug, no insightface)
+        dropped = None if patches else unapplied_units_note(p, job.args)
+        job.note(dropped or no_face_note("Forge's ControlNet", job.args))
     if job.args.dcg:
         st.calc = calc_cond_uncond_batch()
         if st.calc is None:
