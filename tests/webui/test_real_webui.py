@@ -13,6 +13,7 @@ fine; see README "Development".
     FASTFACE_FACEID_UNIT      JSON (or a JSON file) of the ControlNet unit to send (default: A1111 FaceID with a
                               random precomputed embedding through `ipadapter_input`)
     FASTFACE_FACEID_MODEL     the default unit's model (default ip-adapter-faceid_sd15)
+    FASTFACE_SDXL             "1" for an SDXL checkpoint (24 down + 36 up attn2 layers instead of 6 + 9)
     FASTFACE_MATRIX           "full" for every preset × {1,2,4,8} steps × every sampler (slow on
                               CPU); default: a cross-section (every preset × steps, samplers cycled)
     FASTFACE_HOST             "a1111" (default), "forge" (Forge 2), "forge-classic" (first-generation
@@ -180,12 +181,19 @@ def test_generation_and_rows_per_step(preset, steps, sampler):
     check_calls(resp, evaluations)
 
 
+# attn2 layers of the down and up blocks: SD1.5 6 + 9, SDXL 24 + 36 (the 1 / 10 mid ones are never transformed)
+SDXL = os.environ.get("FASTFACE_SDXL", "") == "1"
+ATTN2_DOWN_UP = (24, 36) if SDXL else (6, 9)
+
+
 def test_attention_transform_reaches_down_and_up_not_mid():
     resp = txt2img({"enabled": True, "preset": "Realistic"})
     parts = {key.split("/")[2] for key in trace(resp)["am"]}
     assert parts == {"down", "up"}, trace(resp)
     steps = {key.split("/")[1] for key in trace(resp)["am"]}
     assert steps == {"0", "1", "2", "3"}
+    am = trace(resp)["am"]   # one UNet call per step: each layer transformed once
+    assert all((am[f"0/{k}/down"], am[f"0/{k}/up"]) == ATTN2_DOWN_UP for k in range(4)), am
 
 
 def hires_upscaler() -> str:
@@ -517,3 +525,18 @@ def test_jobs_with_two_faceid_units_and_weights_leave_nothing_behind():
         seen[key] = pixels
     assert seen[("off", "first")] != seen[("off", "second")]          # the two units differ
     assert seen[("Realistic", "first")] != seen[("off", "first")]     # FastFace acted
+
+
+@pytest.mark.skipif(os.environ.get("FASTFACE_DROPPED_UNIT", "") != "1",
+                    reason="FASTFACE_DROPPED_UNIT=1 only against a host whose IP-Adapter drops the unit (Neo without "
+                           "its local fix, A1111 without insightface and a unit with an image)")
+def test_a_unit_the_host_dropped_is_named_in_the_note():
+    """The host logged an error and installed no IP-Adapter: the image still comes out, and the
+    note names the unit's model and the server log instead of "no FaceID unit"."""
+    unit = face_unit()
+    resp = txt2img({"enabled": True, "preset": "Realistic"})
+    note = params(resp).get("FastFace note", "")
+    print(note)
+    assert resp["images"]
+    assert str(unit["model"]).split(" [")[0] in note and "server log" in note, note
+    assert "no FaceID unit" not in note and "internal error" not in note
