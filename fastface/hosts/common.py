@@ -145,14 +145,16 @@ class StepTracker:
     total: int = 1                   # sampler steps of this pass
     last_callback: Optional[int] = None
     callback_since_call: bool = False
+    timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
 
     def on_callback(self, step_index: int) -> None:
         self.last_callback = int(step_index)
         self.callback_since_call = True
 
     def on_model_call(self, steps: int, total_steps: Optional[int]) -> tuple[int, int]:
-        """Advance for a model call of a pass of `steps` sampler steps; returns (step, total)."""
-        total = max(int(steps or 1), 1)
+        """Advance for a model call of a pass of `steps` sampler steps (the timestep sampler's own
+        count where it told one); returns (step, total)."""
+        total = max(int(self.timestep_count or steps or 1), 1)
         second_order = int(total_steps or total) >= 2 * total
         if self.calls == 0:
             step = 0
@@ -166,6 +168,30 @@ class StepTracker:
         self.callback_since_call = False
         self.step, self.total = min(max(step, 0), total - 1), total
         return self.step, self.total
+
+
+def is_timestep_sampler(sampler: Any) -> bool:
+    """A1111's and the Forge family's DDIM / PLMS / UniPC (`CompVisSampler`, whose denoiser is a
+    `CFGDenoiserTimesteps`): they loop over len(timesteps) − 1 steps, one fewer than `steps`."""
+    den = getattr(sampler, "model_wrap_cfg", None)
+    return callable(getattr(sampler, "func", None)) and (
+        type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
+
+
+def track_timestep_count(patches: "PatchSet", sampler: Any, tracker: StepTracker) -> None:
+    """Read a timestep sampler's real step count from its call (sd_samplers_timesteps.py passes
+    `timesteps` to `self.func`; the loop runs len(timesteps) − 1 steps, sd_samplers_timesteps_impl.py),
+    so the last step is the last one DCG's schedule sees."""
+    original_func = sampler.func
+
+    @functools.wraps(original_func)  # sample() inspects the signature for `timesteps`
+    def func(*a, **kw):
+        timesteps = kw.get("timesteps")
+        if timesteps is not None:
+            tracker.timestep_count = max(len(timesteps) - 1, 1)
+        return original_func(*a, **kw)
+
+    patches.setattr(sampler, "func", func)
 
 
 @dataclass

@@ -614,3 +614,41 @@ class ReforgeWithoutCalcSeam(ReforgeUnetPatcher):
     hook is the pre-CFG list, called after the evaluation (what FastFace met before issue 14)."""
 
     set_model_sampler_calc_cond_batch_function = None
+
+
+# -- modules/sd_samplers_timesteps.py + _impl.py (Forge 2 dfdcbab6; the same in Neo 2.26) ------------
+class CFGDenoiserTimesteps(CFGDenoiser):
+    """sd_samplers_timesteps.py `CFGDenoiserTimesteps(CFGDenoiser)`: the class name is what matters."""
+
+
+def ddim(model, x, timesteps, extra_args=None, callback=None, disable=None, eta=0.0):
+    """sd_samplers_timesteps_impl.py `ddim` L10-36: len(timesteps) − 1 model steps, a callback after
+    each. The stand-in denoiser returns x₀; the update moves x to it along the step's fraction."""
+    a = extra_args
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        t = torch.full((x.shape[0],), float(timesteps[index]) / 300.0)
+        denoised = model(x, t, a["cond"], a["uncond"], a["cond_scale"])
+        callback({"x": x, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": denoised})
+        x = denoised + (x - denoised) * (index - 1) / index
+    return x
+
+
+class TimestepSampler(Sampler):
+    """sd_samplers_timesteps.py `CompVisSampler.sample` L121-146: `timesteps` from `get_timesteps`
+    (L56-66: range(0, 1000, 1000 // steps) + 1), passed to `self.func` only when its signature has
+    it, `callback_state` as the callback; the denoiser's `steps` is the pass's steps (L17-21)."""
+
+    def __init__(self, p, callbacks):
+        super().__init__(p, callbacks)
+        self.model_wrap_cfg = CFGDenoiserTimesteps(p, callbacks)
+        self.func = ddim
+
+    def sample_timesteps(self, x, steps, cond, uncond, cond_scale):
+        import inspect
+
+        timesteps = [min(t + 1, 999) for t in range(0, 1000, 1000 // steps)]
+        self.model_wrap_cfg.steps = self.model_wrap_cfg.total_steps = steps
+        kwargs = {"timesteps": timesteps} if "timesteps" in inspect.signature(self.func).parameters else {}
+        extra = {"cond": cond, "uncond": uncond, "cond_scale": cond_scale}
+        return self.func(self.model_wrap_cfg, x, extra_args=extra, callback=self.callback_state, **kwargs)

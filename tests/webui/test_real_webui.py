@@ -498,7 +498,7 @@ def _second_face_unit() -> dict:
         torch.save(torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(13)), dim=-1), buf)
         unit["ipadapter_input"] = [base64.b64encode(buf.getvalue()).decode()]
     elif unit.get("image"):
-        from forge_units import face_image_b64
+        from write_units import face_image_b64
 
         unit["image"] = face_image_b64(seed=13)
     return unit

@@ -1,9 +1,7 @@
 """A1111: the entry points the script calls per pass and job."""
 from __future__ import annotations
 
-import functools
-
-from ..common import Job, PatchSet, no_face_note
+from ..common import Job, PatchSet, no_face_note, track_timestep_count
 from ..readout import unapplied_units_note
 from . import pulid
 from .attention import identity_kind, install_attention
@@ -72,18 +70,7 @@ def start_pass(job: Job, p) -> None:
 
     patches.setattr(sampler, "callback_state", callback_state)
     if st.eps_output and callable(getattr(sampler, "func", None)):
-        # A1111's DDIM / PLMS / UniPC loop over len(timesteps) − 1 steps, one fewer than the
-        # denoiser's `steps` (sd_samplers_timesteps_impl.py); read the real count from the call.
-        original_func = sampler.func
-
-        @functools.wraps(original_func)  # sample() inspects the signature for `timesteps`
-        def func(*a, **kw):
-            timesteps = kw.get("timesteps")
-            if timesteps is not None:
-                st.timestep_count = max(len(timesteps) - 1, 1)
-            return original_func(*a, **kw)
-
-        patches.setattr(sampler, "func", func)
+        track_timestep_count(patches, sampler, st)
     patches.setattr(den, "_fastface_pass", (job, st))
     if job.args.dcg:
         original_combine = den.combine_denoised

@@ -18,7 +18,6 @@ class PassState(StepTracker):
     face: bool = False               # a FaceID or PuLID unit is active in sd-webui-controlnet
     eps_output: bool = False         # the denoiser returns ε (timestep samplers), else x₀
     images: int = 1                  # images per batch (rows of one branch), ≥ 1
-    timestep_count: Optional[int] = None  # timestep samplers: len(timesteps) − 1 model steps
     # set per model call by on_cfg_denoiser, read by the combination
     layout: Optional[str] = None     # None (DCG not applied), "plain", "extra_id", "id_in_uncond"
     batch: int = 0
@@ -34,5 +33,5 @@ class PassState(StepTracker):
 
 def sampler_step(st: PassState, den: Any) -> tuple[int, int]:
     """(step, total) for the model call that is about to run (see `StepTracker`)."""
-    return st.on_model_call(st.timestep_count or getattr(den, "steps", None), getattr(den, "total_steps", None))
+    return st.on_model_call(getattr(den, "steps", None), getattr(den, "total_steps", None))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import Job, log, no_face_note
+from ..common import Job, is_timestep_sampler, log, no_face_note, track_timestep_count
 from ..readout import unapplied_units_note
 from .attention import clone_unet
 from .dcg import install_dcg
@@ -53,6 +53,8 @@ def _install_step_tracking(job: Job, p, st: ForgePass) -> None:
         return original(d)
 
     job.patches.setattr(sampler, "callback_state", callback_state)
+    if is_timestep_sampler(sampler):   # DDIM / PLMS: one step fewer than the denoiser's `steps`
+        track_timestep_count(job.patches, sampler, st)
 
 
 def _install_row_counter(job: Job, unet) -> None:

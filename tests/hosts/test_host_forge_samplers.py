@@ -1,4 +1,5 @@
-"""DCG with a CFG++ sampler (Forge Neo 2.26's *Euler CFG++*, *Euler a CFG++*, *DPM++ 2M CFG++*).
+"""Forge-family samplers with their own ways: CFG++ (Forge Neo 2.26's *Euler CFG++*, *Euler a
+CFG++*, *DPM++ 2M CFG++*) and the timestep samplers (DDIM, PLMS: one step fewer than `steps`).
 
 A CFG++ sampler adds a post-CFG function to the call's model_options that keeps the uncond
 prediction, and renoises with it instead of the guided one (Neo `k_diffusion/sampling.py`
@@ -10,9 +11,10 @@ step, and the infotext says so. The stand-in sampler below is Neo's Euler CFG++ 
 import pytest
 import torch
 
+from fastface.hosts import forge
 from fastface.hosts.forge import dcg as forge_dcg
 from fastface.method.guidance import dcg_x0
-from fastface.method.schedule import alpha_beta, rescale_phi
+from fastface.method.schedule import alpha_beta, branches_needed, rescale_phi
 from fastface.presets import PRESETS
 
 import forge_standins as fs
@@ -109,3 +111,21 @@ def test_cfg_pp_function_is_recognised_by_the_samplers_nested_name():
         post_cfg_function.__qualname__ = f"{sampler}.<locals>.post_cfg_function"
         found = forge_dcg.cfg_pp_function({"sampler_post_cfg_function": [post_cfg_function]})
         assert (found is post_cfg_function) == ("cfg_pp" in sampler)
+
+
+# -- timestep samplers (DDIM, PLMS): len(timesteps) − 1 steps ----------------------------------------
+@pytest.mark.parametrize("steps", [2, 4, 8])
+def test_timestep_sampler_schedule_ends_on_its_last_real_step(forge_env, steps):
+    """Forge's DDIM runs steps − 1 model steps while its denoiser says `steps`: DCG's schedule
+    follows the steps really run, so the last one is unboosted (2 rows: id-only + full), as on A1111."""
+    run = Run(REALISTIC, steps=steps, batch=2)
+    run.sampler = run.p.sampler = fs.TimestepSampler(run.p, [forge.on_cfg_denoiser])
+    run.start()
+    with torch.no_grad():
+        run.sampler.sample_timesteps(initial_x(2), steps, run.p.c, run.p.uc, run.cfg)
+    run.end()
+    real = steps - 1
+    expected = [2 * branches_needed(k, real, REALISTIC).rows_per_image for k in range(real)]
+    assert [run.job.rows[(0, k)] for k in range(real)] == expected, dict(run.job.rows)
+    assert run.job.failed is None
+    assert run.sampler.func is fs.ddim   # the wrapper is gone with the job

@@ -1,7 +1,8 @@
 """Write the ControlNet unit files the opt-in suites read (FASTFACE_FACEID_UNIT, FASTFACE_UNIT_DIR)
-for a running Forge-family WebUI (Forge 2, Forge Classic, reForge, Neo), from what it lists.
+for a running WebUI — A1111 + sd-webui-controlnet or a Forge-family host (Forge 2, Forge Classic,
+reForge, Neo) — from what it lists.
 
-    python tests/webui/forge_units.py --url http://127.0.0.1:7863 --out /tmp/units [--weight 0.8]
+    python tests/webui/write_units.py --url http://127.0.0.1:7863 --out /tmp/units [--weight 0.8]
 
 Model names are taken from the server's `/controlnet/model_list` exactly as it spells them (Forge 2
 adds ` [hash]`, Neo does not), the preprocessors from `/controlnet/module_list`. The unit image is
@@ -22,12 +23,15 @@ import urllib.request
 
 # kind -> (model name test on the lower-cased, separator-free name, preprocessors in preference order)
 KINDS = {
-    "plusv2": (lambda m: "faceidplusv2" in m, ["InsightFace+CLIP-H (IPAdapter)"]),
-    "plus": (lambda m: "faceidplus" in m and "v2" not in m, ["InsightFace+CLIP-H (IPAdapter)"]),
-    "portrait": (lambda m: "faceidportrait" in m, ["InsightFace (IPAdapter)", "InsightFace+CLIP-H (IPAdapter)"]),
+# (Forge's built-in names first, then sd-webui-controlnet's)
+    "plusv2": (lambda m: "faceidplusv2" in m, ["InsightFace+CLIP-H (IPAdapter)", "ip-adapter_face_id_plus"]),
+    "plus": (lambda m: "faceidplus" in m and "v2" not in m, ["InsightFace+CLIP-H (IPAdapter)", "ip-adapter_face_id_plus"]),
+    "portrait": (lambda m: "faceidportrait" in m, ["InsightFace (IPAdapter)", "InsightFace+CLIP-H (IPAdapter)",
+                                                  "ip-adapter_face_id"]),
     "faceid": (lambda m: re.search(r"faceid(?!plus|portrait)", m) is not None,
-               ["InsightFace (IPAdapter)", "InsightFace+CLIP-H (IPAdapter)"]),
-    "plain": (lambda m: m.startswith("ipadapter") and "faceid" not in m, ["CLIP-ViT-H (IPAdapter)"]),
+               ["InsightFace (IPAdapter)", "InsightFace+CLIP-H (IPAdapter)", "ip-adapter_face_id"]),
+    "plain": (lambda m: m.startswith("ipadapter") and "faceid" not in m,
+              ["CLIP-ViT-H (IPAdapter)", "ip-adapter_clip_h", "ip-adapter_clip_sd15"]),
 }
 
 
