@@ -53,6 +53,12 @@ def _without_face(args: FastFaceArgs, readout_runs: bool) -> str:
     return ", ".join(effects) or "FastFace changes nothing"
 
 
+# A CFG++ sampler (Forge Neo's Euler / Euler a / DPM++ 2M CFG++, A1111's DDIM CFG++) renoises with
+# the uncond prediction: FastFace keeps the real one on every step (both hosts, one note)
+CFG_PP_NOTE = ("CFG++ sampler: it steps with DCG's result and renoises with the real uncond (negative prompt, "
+               "no face), so FastFace evaluates the uncond on every step (3 rows per image); the CFG scale is not used")
+
+
 def no_face_note(where: str, args: FastFaceArgs) -> str:
     """The note for a job without a FaceID unit: what still runs and what does not, e.g.
     'no FaceID unit in sd-webui-controlnet: DCG runs without the face branch, no attention

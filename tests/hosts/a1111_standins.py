@@ -252,6 +252,7 @@ class CFGDenoiser(torch.nn.Module):
         super().__init__()
         self.unet, self.callbacks, self.shared, self.sampler = unet, callbacks, shared, sampler
         self.step, self.steps, self.total_steps, self.p = 0, None, None, None
+        self.need_last_noise_uncond, self.last_noise_uncond = False, None   # L63-64 (DDIM CFG++)
 
     def inner_model(self, x, sigma, cond):
         return self.unet(x, sigma, cond["c_crossattn"][0])
@@ -295,6 +296,8 @@ class CFGDenoiser(torch.nn.Module):
             x_out[-uncond.shape[0]:] = self.inner_model(x_in[-uncond.shape[0]:], sigma_in[-uncond.shape[0]:], cond=make(uncond))
         if skip_uncond:
             x_out = torch.cat([x_out, torch.cat([x_out[c[0][0]:c[0][0] + 1] for c in conds_list])])
+        if self.need_last_noise_uncond:   # L281-282: what DDIM CFG++ renoises with
+            self.last_noise_uncond = torch.clone(x_out[-uncond.shape[0]:])
         denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0 if skip_uncond else cond_scale)
         self.step += 1
         return denoised
@@ -363,6 +366,18 @@ def ddim_like(model, x, timesteps, extra_args=None, callback=None, disable=None)
     return x
 
 
+def ddim_cfgpp_like(model, x, timesteps, extra_args=None, callback=None, disable=None):
+    """sd_samplers_timesteps_impl.py ddim_cfgpp L44-77: sets `need_last_noise_uncond` on the
+    denoiser, then every step reads `last_noise_uncond` (the uncond rows' output) to renoise with."""
+    model.denoiser.need_last_noise_uncond = True
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = model(x, timesteps[index])
+        x = x - 0.1 * e_t + 0.05 * model.denoiser.last_noise_uncond
+        callback({"i": i})
+    return x
+
+
 class TimestepSampler(Sampler):
     """sd_samplers_timesteps.py CompVisSampler.sample L141-163: passes `timesteps` only if the
     sampler function's signature has it (inspect.signature), then launch_sampling(steps)."""
@@ -386,5 +401,7 @@ class TimestepSampler(Sampler):
             out = den(x, torch.full((x.shape[0],), float(t)), uncond, cond, cond_scale, 0.0, image_cond, conds_list)
             outputs.append(out)
             return out
+
+        model.denoiser = den   # ddim_cfgpp sets and reads attributes of the denoiser it is given
 
         return self.func(model, x, callback=self.callback_state, **kwargs), outputs

@@ -330,6 +330,40 @@ def test_timestep_sampler_eps_combination_and_real_step_count(host):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_ddim_cfg_pp_renoises_with_the_real_uncond_on_every_step(host):
+    """A1111's DDIM CFG++ reads the uncond rows' output on every step: FastFace keeps them the real
+    uncond (negative text, no face) — never the id-only rows in the uncond slot — and says so."""
+    from fastface.hosts.common import CFG_PP_NOTE
+    args = PRESETS["Realistic"]
+    p, unet, adapters = make_job(host)
+    p.sampler = cn.TimestepSampler(unet, host.callbacks, host.shared)
+    p.sampler.func = cn.ddim_cfgpp_like
+    pos, neg = text(1), text(2)
+    webui.process(p, args)
+    webui.before_sampling(p)
+    den = p.sampler.model_wrap_cfg
+    seen, unconds = [], []
+    original = den.forward
+
+    def spy(x, t, *rest):
+        out = original(x, t, *rest)
+        seen.append((x.clone(), t.clone()))
+        unconds.append(den.last_noise_uncond)
+        return out
+
+    den.forward = spy
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    p.sampler.sample_timesteps(x, 4, cn.mark(pos, True), cn.mark(neg, False), [[(0, 1.0)]])
+    job = p.fastface_job
+    webui.postprocess(p, None)
+    assert job.failed is None and CFG_PP_NOTE in job.notes
+    assert unet.rows_seen == [3, 3, 3]   # uncond + id-only + full on each of the 3 real steps
+    for (xx, t), got in zip(seen, unconds):
+        for a in adapters:
+            a.cache = {}
+        torch.testing.assert_close(got, unet(xx, t / 1000.0, cn.mark(neg, False)), rtol=1e-5, atol=1e-5)
+
+
 def test_softmask_pools_per_image(host, monkeypatch):
     """Rows [cond, id, uncond] × 2 images: the softmask's groups are the image of each row."""
     p, unet, (adapter,) = make_job(host)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fastface.hosts import forge
+from fastface.hosts.common import CFG_PP_NOTE
 from fastface.hosts.forge import dcg as forge_dcg
 from fastface.method.guidance import dcg_x0
 from fastface.method.schedule import alpha_beta, branches_needed, rescale_phi
@@ -88,7 +89,7 @@ def test_cfg_pp_steps_with_dcg_and_renoises_with_the_real_uncond(forge_env, cfg,
     assert len(seen) == 4 and all(u is not None for u in seen)
     # uncond + id-only + full on every step, in one UNet call per step
     assert rows == [3 * batch] * 4 and all(calls[(0, k)] == 1 for k in range(4))
-    assert forge_dcg.CFG_PP_NOTE in run.job.notes
+    assert CFG_PP_NOTE in run.job.notes
 
 
 def test_a_post_cfg_function_that_is_not_cfg_pp_gets_no_cfg_pp_note(forge_env):
@@ -98,7 +99,7 @@ def test_a_post_cfg_function_that_is_not_cfg_pp_gets_no_cfg_pp_note(forge_env):
     run = Run(REALISTIC, post_cfg=post_cfg).start()
     run.sample()
     run.end()
-    assert run.job.failed is None and forge_dcg.CFG_PP_NOTE not in run.job.notes
+    assert run.job.failed is None and CFG_PP_NOTE not in run.job.notes
 
 
 def test_cfg_pp_function_is_recognised_by_the_samplers_nested_name():

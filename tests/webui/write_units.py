@@ -2,7 +2,7 @@
 for a running WebUI — A1111 + sd-webui-controlnet or a Forge-family host (Forge 2, Forge Classic,
 reForge, Neo) — from what it lists.
 
-    python tests/webui/write_units.py --url http://127.0.0.1:7863 --out /tmp/units [--weight 0.8]
+    python tests/webui/write_units.py --url http://127.0.0.1:7863 --out /tmp/units [--weight 0.8] [--only sdxl]
 
 Model names are taken from the server's `/controlnet/model_list` exactly as it spells them (Forge 2
 adds ` [hash]`, Neo does not), the preprocessors from `/controlnet/module_list`. The unit image is
@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--url", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--weight", type=float, default=0.8)
+    ap.add_argument("--only", default="", help="only models whose name contains this (e.g. sdxl)")
     a = ap.parse_args(argv)
-    models = _get(a.url, "/controlnet/model_list")["model_list"]
+    models = [m for m in _get(a.url, "/controlnet/model_list")["model_list"] if a.only.lower() in m.lower()]
     modules = _get(a.url, "/controlnet/module_list")["module_list"]
     os.makedirs(a.out, exist_ok=True)
     units = units_for(models, modules, a.weight, face_image_b64())

@@ -8,7 +8,7 @@ import torch
 
 from ...method.guidance import dcg_eps, dcg_x0
 from ...method.schedule import alpha_beta, branches_needed, rescale_phi
-from ..common import Job, guarded
+from ..common import CFG_PP_NOTE, Job, guarded
 from . import preview
 from .controlnet import crossattn, is_marked, with_positive_mark
 from .state import PassState, sampler_step
@@ -82,7 +82,12 @@ def _arrange_rows(job: Job, st: PassState, params) -> None:
     face = st.face and st.uncond_marked
     b = uncond_rows
     st.x, st.sigma = params.x[:b].clone(), params.sigma[:b].clone()
-    if face and need.id_only and (need.uncond or st.uncond_skipped):
+    # DDIM CFG++ renoises with the uncond rows' output (sd_samplers_cfg_denoiser.py L281-282,
+    # sd_samplers_timesteps_impl.py ddim_cfgpp L56-73): they stay the real uncond on every step
+    cfg_pp = bool(getattr(den, "need_last_noise_uncond", False))
+    if cfg_pp:
+        job.note(CFG_PP_NOTE)
+    if face and need.id_only and (need.uncond or st.uncond_skipped or cfg_pp):
         id_rows = with_positive_mark(params.text_uncond)
         tokens = max(crossattn(params.text_cond).shape[1], crossattn(id_rows).shape[1])
         empty = _empty_prompt()

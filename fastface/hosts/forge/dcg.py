@@ -8,14 +8,12 @@ import torch
 
 from ...method.guidance import dcg_x0
 from ...method.schedule import alpha_beta, branches_needed, rescale_phi
-from ..common import Job
+from ..common import CFG_PP_NOTE, Job
 from .batching import ID_APPENDED, ID_IN_UNCOND, id_plan, install_batching, ours
 from .internals import calc_cond_batch
 from .state import ForgePass
 
 STASH_KEY = "fastface_uncond"          # model_options key: the step's compiled negative conditioning
-CFG_PP_NOTE = ("CFG++ sampler: it steps with DCG's result and renoises with the real uncond (negative prompt, "
-               "no face), so FastFace evaluates the uncond on every step (3 rows per image); the CFG scale is not used")
 
 
 def _stock_cfg(args) -> torch.Tensor:
