@@ -268,6 +268,14 @@ def test_baseline_without_extension():
     assert png_pixels(txt2img(None)["images"][0]) == baseline
 
 
+def test_images_are_not_blank():
+    """The pixel comparisons of this suite mean something only if the images do: random-weight
+    checkpoints on Forge 2 and Neo give NaN conditioning (black images) with the default emphasis
+    "Original" (it divides by a mean that can be 0); set the option emphasis = "No norm" first."""
+    pixels = png_pixels(txt2img({"enabled": False, "preset": "Realistic"})["images"][0])
+    assert len(set(pixels)) > 2, "a blank image: set the server's emphasis option to 'No norm'"
+
+
 def test_fastface_changes_the_image():
     off = txt2img({"enabled": False, "preset": "Realistic"})
     on = txt2img({"enabled": True, "preset": "Realistic"})
