@@ -130,3 +130,17 @@ def test_timestep_sampler_schedule_ends_on_its_last_real_step(forge_env, steps):
     assert [run.job.rows[(0, k)] for k in range(real)] == expected, dict(run.job.rows)
     assert run.job.failed is None
     assert run.sampler.func is fs.ddim   # the wrapper is gone with the job
+
+
+def test_ddim_cfg_pp_denoiser_keeps_the_real_uncond_on_every_step(forge_env):
+    """Forge's DDIM CFG++ sets `need_last_noise_uncond` on the CFG denoiser and renoises with
+    (x − uncond_pred)/σ (sd_samplers_cfg_denoiser.py L201-202): the uncond rows are evaluated on
+    every step, never dropped, and the note says so."""
+    run = Run(REALISTIC, batch=2)
+    run.sampler.model_wrap_cfg.need_last_noise_uncond = True
+    run.start()
+    run.sample()
+    rows = [c["rows"] for c in run.model.calls]
+    run.end()
+    assert run.job.failed is None and CFG_PP_NOTE in run.job.notes
+    assert rows == [3 * 2] * 4

@@ -41,7 +41,7 @@ def _uncond_droppable(job: Job, st: ForgePass, model_options, *, after_evaluatio
         return False
     if after_evaluation and any(not ours(fn) for fn in model_options.get("sampler_pre_cfg_function") or []):
         return False
-    return st.prior_cfg is None and not model_options.get("sampler_post_cfg_function")
+    return st.prior_cfg is None and not model_options.get("sampler_post_cfg_function") and not st.renoise_uncond
 
 
 def cfg_pp_function(model_options) -> Optional[object]:
@@ -72,7 +72,7 @@ def _plan(job: Job, st: ForgePass, cond, uncond_, model_options, *, after_evalua
     """Before Forge evaluates a model call: how the id-only rows ride in it (`st.plan`), and the
     uncond entries it evaluates (None where DCG drops them)."""
     st.plan, st.id_x0, st.uncond_ran, st.planned = None, None, None, True
-    if cfg_pp_function(model_options) is not None:
+    if st.renoise_uncond or cfg_pp_function(model_options) is not None:
         # CFG++ keeps DCG's result as the denoised and renoises with the real uncond: the
         # uncond is read on every step, so `_uncond_droppable` keeps it (the post-CFG function)
         job.note(CFG_PP_NOTE)

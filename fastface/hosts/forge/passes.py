@@ -25,6 +25,9 @@ def on_cfg_denoiser(params) -> None:
     try:
         step, total = sampler_step(st, denoiser)
         st.total = total
+        # DDIM CFG++ renoises with the denoiser's uncond prediction (sd_samplers_cfg_denoiser.py
+        # L201-202 on Forge 2, L154-155 on Neo): it must stay the real uncond on every step
+        st.renoise_uncond = bool(getattr(denoiser, "need_last_noise_uncond", False))
         if st.negative is not None and getattr(params, "text_uncond", None) is None:
             params.text_uncond = negative_at(st, denoiser)
     except Exception as exc:

@@ -21,6 +21,7 @@ class ForgePass(StepTracker):
     batched: bool = False            # the id-only rows ride in Forge's own UNet call (wrapper installed)
     prior_wrapper: Optional[Callable] = None  # another extension's model_function_wrapper, chained
     prior_calc: Optional[Callable] = None  # another extension's sampler_calc_cond_batch_function, chained
+    renoise_uncond: bool = False     # the denoiser keeps the uncond prediction for DDIM CFG++ (need_last_noise_uncond)
     planned: bool = False            # a FastFace hook before the evaluation ran for this model call
     plan: Optional[str] = None       # this model call's id-only plan (set before the evaluation, the cfg function clears it)
     uncond_ran: Optional[bool] = None  # the uncond slot holds a real negative prediction (None: no hook said)
