@@ -176,12 +176,15 @@ class StepTracker:
         return self.step, self.total
 
 
+def is_timestep_denoiser(den: Any) -> bool:
+    """The CFG denoiser of A1111's and the Forge family's DDIM / PLMS / UniPC (`CFGDenoiserTimesteps`):
+    its model returns ε and takes integer timesteps."""
+    return type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas")
+
+
 def is_timestep_sampler(sampler: Any) -> bool:
-    """A1111's and the Forge family's DDIM / PLMS / UniPC (`CompVisSampler`, whose denoiser is a
-    `CFGDenoiserTimesteps`): they loop over len(timesteps) − 1 steps, one fewer than `steps`."""
-    den = getattr(sampler, "model_wrap_cfg", None)
-    return callable(getattr(sampler, "func", None)) and (
-        type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
+    """A timestep sampler (`CompVisSampler`): it loops over len(timesteps) − 1 steps, one fewer than `steps`."""
+    return callable(getattr(sampler, "func", None)) and is_timestep_denoiser(getattr(sampler, "model_wrap_cfg", None))
 
 
 def track_timestep_count(patches: "PatchSet", sampler: Any, tracker: StepTracker) -> None:

@@ -512,13 +512,14 @@ def _reference_setup(run, args):
     return st, transformer_options, negative, fs.KModel(run.model.diffusion_model), torch.tensor(SIGMAS[run.steps])
 
 
-def reference_calls(run, args, uncond_kept=False):
+def reference_calls(run, args, uncond_kept=False, cfg_pp=False):
     """The Forge host before batching: per step three separate `calc_cond_uncond_batch` calls —
     uncond (negative text in the uncond slot), id-only (negative text in the cond slot), full
     (prompt in the cond slot) — through FastFace's attn2 wrappers at that step (AM) but without its
     UNet wrapper, combined with `dcg_x0` (which gets the full branch in the uncond's place on
     steps with α = 1, as the host always did: its weight 1 − α is 0; `uncond_kept`: the real one,
-    as when a post-cfg function reads the uncond)."""
+    as when a post-cfg function reads the uncond). `cfg_pp`: Euler CFG++'s step instead of
+    Euler's (renoise with the real uncond; x₀ itself at σ = 0)."""
     st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
     options = {"transformer_options": transformer_options}
     x = initial_x(run.batch)
@@ -534,7 +535,10 @@ def reference_calls(run, args, uncond_kept=False):
                 uncond = full
             a, b = alpha_beta(i, steps, args)
             den = dcg_x0(x, s, uncond, id_only, full, a, b, rescale_phi(i, steps, args))
-            x = x + (x - den) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            if cfg_pp:
+                x = den if sigmas[i + 1] == 0 else den + sigmas[i + 1] * (x - uncond) / sigmas[i]
+            else:
+                x = x + (x - den) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
     return x
 
 

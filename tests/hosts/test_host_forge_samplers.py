@@ -14,13 +14,12 @@ import torch
 from fastface.hosts import forge
 from fastface.hosts.common import CFG_PP_NOTE
 from fastface.hosts.forge import dcg as forge_dcg
-from fastface.method.guidance import dcg_x0
-from fastface.method.schedule import alpha_beta, branches_needed, rescale_phi
+from fastface.method.schedule import branches_needed
 from fastface.presets import PRESETS
 
 import forge_standins as fs
-from test_host_forge import (SIGMAS, Run, _compiled, _reference_setup, float64_standins,  # noqa: F401
-                             forge_env, initial_x)   # (fixtures)
+from test_host_forge import (SIGMAS, Run, float64_standins, forge_env, initial_x,  # noqa: F401  (fixtures)
+                             reference_calls)
 
 REALISTIC = PRESETS["Realistic"]
 
@@ -55,24 +54,6 @@ def sample_euler_cfg_pp(run: Run, seen_unconds: list):
     return x
 
 
-def reference_cfg_pp(run, args):
-    """The three branches evaluated one by one, `dcg_x0` as the denoised, the real negative-text
-    prediction (labelled UNCOND: no face) as what Euler CFG++ renoises with."""
-    st, transformer_options, negative, km, sigmas = _reference_setup(run, args)
-    options = {"transformer_options": transformer_options}
-    x = initial_x(run.batch)
-    with torch.no_grad():
-        for i in range(run.steps):
-            st.step, st.total = i, run.steps
-            s = sigmas[i] * torch.ones(run.batch)
-            uncond = fs.calc_cond_uncond_batch(km, [], _compiled(run, negative), x, s, options)[1]
-            id_only = fs.calc_cond_uncond_batch(km, _compiled(run, negative), None, x, s, options)[0]
-            full = fs.calc_cond_uncond_batch(km, _compiled(run, run.p.c), None, x, s, options)[0]
-            a, b = alpha_beta(i, run.steps, args)
-            den = dcg_x0(x, s, uncond, id_only, full, a, b, rescale_phi(i, run.steps, args))
-            x = den if sigmas[i + 1] == 0 else den + sigmas[i + 1] * (x - uncond) / sigmas[i]
-    return x
-
 
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -82,7 +63,7 @@ def test_cfg_pp_steps_with_dcg_and_renoises_with_the_real_uncond(forge_env, cfg,
     got = sample_euler_cfg_pp(run, seen)
     calls = dict(run.job.calls)
     rows = [c["rows"] for c in run.model.calls]
-    expected = reference_cfg_pp(run, REALISTIC)
+    expected = reference_calls(run, REALISTIC, uncond_kept=True, cfg_pp=True)
     run.end()
     assert run.job.failed is None
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)   # the face branch computes in fp32

@@ -1,7 +1,7 @@
 """A1111: the entry points the script calls per pass and job."""
 from __future__ import annotations
 
-from ..common import Job, PatchSet, no_face_note, track_timestep_count
+from ..common import Job, PatchSet, is_timestep_denoiser, is_timestep_sampler, no_face_note, track_timestep_count
 from ..readout import unapplied_units_note
 from . import pulid
 from .attention import identity_kind, install_attention
@@ -57,7 +57,7 @@ def start_pass(job: Job, p) -> None:
         dropped = None if adapters else unapplied_units_note(p, job.args)
         job.note(dropped or no_face_note("sd-webui-controlnet", job.args))
     st = PassState(index=job.passes, is_hires=is_hires, face=face, images=max(int(getattr(p, "batch_size", 1) or 1), 1),
-                   eps_output=type(den).__name__ == "CFGDenoiserTimesteps" or hasattr(den, "alphas"))
+                   eps_output=is_timestep_denoiser(den))
     job.passes += 1
     job.current_pass = st
     job.layer_part = None
@@ -69,7 +69,7 @@ def start_pass(job: Job, p) -> None:
         return original_callback(d)
 
     patches.setattr(sampler, "callback_state", callback_state)
-    if st.eps_output and callable(getattr(sampler, "func", None)):
+    if is_timestep_sampler(sampler):   # DDIM / PLMS / UniPC: one step fewer than the denoiser's `steps`
         track_timestep_count(patches, sampler, st)
     patches.setattr(den, "_fastface_pass", (job, st))
     if job.args.dcg:
