@@ -15,4 +15,4 @@ Import direction (checked by tests/test_layout.py): config ← presets ← infot
 `kernels`, `views` and `eval` import the schema and each other as their docstrings say, never
 `hosts`, a WebUI module or gradio; `hosts` imports anything.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"   # pyproject.toml, metadata.ini and CHANGELOG.md say the same (tests/test_version.py)
