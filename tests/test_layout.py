@@ -22,6 +22,7 @@ ALLOWED = {
     "fastface.method": {"fastface.config", "fastface.kernels"},
     "fastface.kernels": {"fastface.method.transforms"},
     "fastface.views": set(),
+    "fastface.version": set(),
     "fastface.eval": {"fastface.config", "fastface.presets", "fastface.infotext", "fastface.views"},
 }
 
