@@ -3,6 +3,7 @@
     webui       the accordion, paste, XYZ, API args and the job life cycle (A1111 and Forge)
     common      job state, reversible patches, the error guard, the step tracker (no WebUI imports)
     recording   "Show face attention": the recording and previews both hosts share
+    host_info   which WebUI and IP-Adapter provider, and their versions, for the start-up line
     readout     the per-image likeness readout (`FastFace ID` in the infotext); the request's ControlNet units
     a1111/      AUTOMATIC1111 + sd-webui-controlnet: DCG in the CFG denoiser, AM on its IP-Adapter
     forge/      Forge (2, Classic): DCG through the UnetPatcher, AM on the built-in IP-Adapter
