@@ -24,6 +24,9 @@ from .presets import PRESETS, validate
 log = logging.getLogger("fastface")
 
 INFOTEXT_KEY = "FastFace"
+# Which FastFace made the image (as ADetailer writes `ADetailer version`): written only for jobs with
+# FastFace on, read by nobody, so pasting it back sets nothing (it is neither `FastFace` nor a paste key).
+VERSION_KEY = INFOTEXT_KEY + " version"
 # Flat keys used by the WebUI paste path: "FastFace <short key>" (word chars and spaces only,
 # which is what A1111's infotext regex allows in a key).
 PASTE_PREFIX = INFOTEXT_KEY + " "

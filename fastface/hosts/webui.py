@@ -12,9 +12,12 @@ from typing import Any
 
 from ..config import (FIELD_NAMES, METHOD_FIELDS, PRESET_NAMES, VIEW_FIELDS, FastFaceArgs, field_kind, meta,
                       validate_on)
-from ..infotext import INFOTEXT_KEY, changed_fields, expand_pasted_params, paste_key, read_pasted, ui_values
+from .. import __version__
+from ..infotext import (INFOTEXT_KEY, VERSION_KEY, changed_fields, expand_pasted_params, paste_key, read_pasted,
+                        ui_values)
 from ..presets import PRESETS, apply_preset, from_script_args, validate
-from . import recording
+from ..version import commit_label, extension_folder, startup_line
+from . import host_info, recording
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log, note_value, rejected_note
 from . import readout
 
@@ -238,6 +241,7 @@ def process(p, *script_args) -> None:
     p.fastface_job = job
     params = job.infotext_params()
     p.extra_generation_params[INFOTEXT_KEY] = params[INFOTEXT_KEY]
+    p.extra_generation_params[VERSION_KEY] = __version__
     # notes and the trace are only known after sampling: A1111 and Forge call these when they
     # build the infotext (a None result drops the key)
     p.extra_generation_params[NOTE_KEY] = lambda **_: job.infotext_params().get(NOTE_KEY)
@@ -336,7 +340,19 @@ def add_xyz_axes() -> None:
         xyz.axis_options.append(option)
 
 
+def print_startup_line() -> None:
+    """'[FastFace] 0.2.0 (e34b2da) on AUTOMATIC1111 v1.10.1, sd-webui-controlnet 1.1.455' in the
+    server log: what a bug report quotes. print, not the logger: it reaches the log whatever the
+    logging set-up. Never raises."""
+    try:
+        print(startup_line(__version__, commit_label(extension_folder()), host_info.describe()), flush=True)
+    except Exception as exc:  # pragma: no cover - each part already says what it cannot tell
+        log.warning("%s (start-up line not printed: %s)", __version__, exc)
+
+
 def register_callbacks() -> None:
+    """Once per load of the script: the start-up line, then the WebUI callbacks."""
+    print_startup_line()
     from modules import script_callbacks
 
     script_callbacks.on_infotext_pasted(on_infotext_pasted)
