@@ -45,22 +45,15 @@ it, not likeness.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import shutil
 import sys
 import time
-import types
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from standin_files import CONTEXT, SDXL_ATTN2  # noqa: E402  (CONTEXT: SDXL text context = PuLID token width)
+from standin_files import write_antelopev2 as write_antelopev2_pack  # noqa: E402
 
 ADAPTER_NAME = "ip-adapter_pulid_sdxl_fp16.safetensors"
-CONTEXT = 2048                                   # SDXL text context = PuLID token width
-# SDXL attn2 widths in sd-webui-controlnet's order (scripts/enums.py transformer_ids): input 4, 5
-# (2 blocks each, 640), input 7, 8 (10 each, 1280); output 0-2 (10 each, 1280), 3-5 (2 each, 640); middle (10, 1280)
-SDXL_ATTN2 = [640] * 4 + [1280] * 20 + [1280] * 30 + [640] * 6 + [1280] * 10
-ANTELOPE_FILES = ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx", "scrfd_10g_bnkps.onnx")
 EVA_REPO, EVA_FILE, EVA_REV = "QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt", "0" * 40
 # ArcFace's 5-point template on 112x112 (eyes, nose, mouth corners), relative to the centre, in box units
 FACE_TEMPLATE = [(38.29, 51.70), (73.53, 51.50), (56.03, 71.74), (41.55, 92.37), (70.73, 92.20)]
@@ -121,29 +114,9 @@ def write_adapter(webui: str, seed: int = 0) -> str:
     return out
 
 
-def _likeness_models():
-    """tests/likeness_models.py, importable without pytest (it only uses `pytest.importorskip`)."""
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    try:
-        import pytest  # noqa: F401
-    except ImportError:   # the WebUI's venv has no pytest: the one function it needs
-        sys.modules["pytest"] = types.SimpleNamespace(importorskip=lambda name, **_: importlib.import_module(name))
-    import likeness_models
-    return likeness_models
-
-
 def write_antelopev2(webui: str) -> str:
-    lm = _likeness_models()
-    folder = os.path.join(webui, "extensions", "sd-webui-controlnet", "annotator", "downloads",
-                          "insightface", "models", "antelopev2")
-    os.makedirs(folder, exist_ok=True)
-    lm.build_detector(os.path.join(folder, "scrfd_10g_bnkps.onnx"))
-    rec = lm.build_recognizer(os.path.join(folder, "glintr100.onnx"))
-    for name in ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx"):
-        shutil.copyfile(rec, os.path.join(folder, name))
-    print(f"antelopev2: {folder}: " + ", ".join(f"{n} {os.path.getsize(os.path.join(folder, n))} B" for n in ANTELOPE_FILES))
-    return folder
+    return write_antelopev2_pack(os.path.join(webui, "extensions", "sd-webui-controlnet", "annotator", "downloads",
+                                              "insightface", "models", "antelopev2"))
 
 
 def crafted_retinaface_state_dict(seed: int = 0) -> dict:
