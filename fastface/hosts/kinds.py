@@ -43,6 +43,7 @@ class AdapterKind:
     preview: str = "faceid"         # `views.attnmaps.token_layout`'s layout
     unit_named: Optional[Callable] = None          # (model, module), lower-cased → a request's unit of this kind
     readout_takes_precomputed: bool = False        # a unit's `ipadapter_input` is the readout's embedding
+    named_in_a_note: bool = False   # the job's note names a unit of this kind (`common.note_units`)
 
 
 def _faceid_projection(proj) -> bool:
@@ -74,7 +75,40 @@ PULID = AdapterKind(
     preview="pulid", unit_named=_pulid_unit,
     readout_takes_precomputed=False)                     # antelopev2 + EVA-CLIP features
 
-KINDS: tuple = (FACEID, PULID)   # the order a host tries them in
+
+
+def _instantid_projection(proj) -> bool:
+    """Where a Forge-family adapter has no `is_instant_id` (IPAdapterPlus.py L284): InstantID's
+    Resampler reads the 512-d antelopev2 embedding (L341-352, `proj_in` = Linear(512, 1280)); plain
+    IP-Adapter Plus also projects with a `Resampler`, but from CLIP features (1024 / 1280 wide)."""
+    return type(proj).__name__ == "Resampler" and getattr(getattr(proj, "proj_in", None), "in_features", None) == 512
+
+
+INSTANTID_EMBEDDING_MODULES = ("instantidfaceembedding", "insightface(instantid)")
+
+
+def _instantid_unit(model: str, module: str) -> bool:
+    """InstantID's IP-Adapter unit: sd-webui-controlnet's module `instant_id_face_embedding`
+    (preprocessor_compiled.py L380-395), Forge's preprocessor "InsightFace (InstantID)"
+    (forge_ipadapter.py L106-108), or a model that names InstantID and an IP-Adapter
+    (`ip-adapter_instant_id_sdxl`). The other half, the keypoint ControlNet (module
+    `instant_id_face_keypoints`, model `control_instant_id_sdxl`), is not an identity unit."""
+    model, module = squeezed(model), squeezed(module)
+    if "keypoints" in module:
+        return False
+    return any(word in module for word in INSTANTID_EMBEDDING_MODULES) or ("instantid" in model and "ipadapter" in model)
+
+
+INSTANTID = AdapterKind(
+    name="instantid", label="InstantID", tokens=(16,),   # Resampler(num_queries=16), ipadapter_model.py L147-158
+    a1111_flags=("is_instantid",),                       # ipadapter_model.py L280: "instant_id" in the file name
+    forge_flags=("is_instant_id",), forge_projection=_instantid_projection,   # IPAdapterPlus.py L284
+    background_token=False,                              # 16 learnt queries over one face embedding
+    preview="instantid", unit_named=_instantid_unit,
+    readout_takes_precomputed=False,                     # an antelopev2 embedding, not the readout's buffalo_l
+    named_in_a_note=True)
+
+KINDS: tuple = (FACEID, PULID, INSTANTID)   # the order a host tries them in
 BY_NAME = {kind.name: kind for kind in KINDS}
 
 

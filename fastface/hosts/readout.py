@@ -40,7 +40,7 @@ import numpy as np
 
 from ..views import likeness
 from .common import log, not_applied_note
-from .kinds import FACEID, PULID, unit_kinds
+from .kinds import FACEID, INSTANTID_EMBEDDING_MODULES, PULID, unit_kinds
 
 ID_KEY = "FastFace ID"
 SETTING = "fastface_face_models"
@@ -214,7 +214,8 @@ def is_pulid_unit(unit) -> bool:
     return PULID in identity_kinds(unit)
 
 
-IP_ADAPTER_WORDS = ("ipadapter", "faceid", "pulid")   # in a unit's model or module, separators dropped
+# in a unit's model or module, separators dropped (InstantID's preprocessors name no IP-Adapter)
+IP_ADAPTER_WORDS = ("ipadapter", "faceid", "pulid") + INSTANTID_EMBEDDING_MODULES
 
 
 def names_ip_adapter(unit) -> bool:
@@ -281,7 +282,9 @@ def faceid_unit_inputs(p, problems: Optional[list] = None) -> tuple[list[np.ndar
         unreadable = [kind for kind in kinds if not kind.readout_takes_precomputed]
         if precomputed is not None and unreadable:
             # e.g. PuLID's precomputed input is antelopev2 + EVA-CLIP features, not the readout's embedding
-            problems.append(f"a {unreadable[0].label} unit's ipadapter_input holds no face the readout can compare with")
+            label = unreadable[0].label
+            problems.append(f"{'an' if label[0] in 'AEIOU' else 'a'} {label} unit's ipadapter_input holds no face "
+                            "the readout can compare with")
             continue
         if precomputed is not None:
             embeddings += [e for e in (_embedding(x, problems) for x in _as_list(precomputed)) if e is not None]

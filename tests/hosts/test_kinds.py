@@ -83,3 +83,62 @@ def test_request_units_are_read_by_kind(model, module, expected):
 def test_preview_layouts_by_kind():
     assert token_layout(10, layout=kinds.PULID.preview).kind == "PuLID"
     assert token_layout(4, layout=kinds.FACEID.preview).kind == "FaceID"
+
+
+# -- InstantID (issue 22) --------------------------------------------------------------------------------
+class Linear:
+    def __init__(self, in_features):
+        self.in_features = in_features
+
+
+class Resampler:
+    """resampler.py L82-101: `proj_in` = Linear(embedding_dim, dim)."""
+
+    def __init__(self, embedding_dim):
+        self.proj_in = Linear(embedding_dim)
+
+
+def test_instantid_entry():
+    k = kinds.INSTANTID
+    assert k.tokens == (16,) and k.face_branch == "sdpa" and k.sink == "none" and k.projection == "none"
+    assert k.background_token is False and k.preview == "instantid" and k.named_in_a_note
+    assert k.readout_takes_precomputed is False          # an antelopev2 embedding, not buffalo_l's
+
+
+def test_a1111_tells_instantid_from_faceid_and_plain_plus():
+    # ipadapter_model.py L280-288: InstantID is also `is_plus` ("latents" in its Resampler)
+    assert kinds.a1111_kind(a1111_adapter(is_instantid=True, is_plus=True)) is kinds.INSTANTID
+    assert kinds.a1111_kind(a1111_adapter(is_instantid=False, is_plus=True)) is None     # IP-Adapter Plus
+    assert a1111_controlnet.adapter_kind(a1111_adapter(is_instantid=True)) is kinds.INSTANTID
+
+
+def test_forge_tells_instantid_from_plain_plus_by_its_flag_first():
+    """Forge's InstantID and IP-Adapter Plus both project with a `Resampler`; the adapter's own
+    `is_instant_id` (IPAdapterPlus.py L284) decides, the Resampler's 512-d input only where it is absent."""
+    instant = SimpleNamespace(is_instant_id=True, image_proj_model=Resampler(512))
+    plus = SimpleNamespace(is_instant_id=False, image_proj_model=Resampler(1280))
+    assert kinds.forge_kind(instant) is kinds.INSTANTID
+    assert kinds.forge_kind(plus) is None
+    assert kinds.forge_kind(SimpleNamespace(is_instant_id=False, image_proj_model=Resampler(512))) is None
+    assert kinds.forge_kind(SimpleNamespace(image_proj_model=Resampler(512))) is kinds.INSTANTID   # no flag
+    assert kinds.forge_kind(SimpleNamespace(image_proj_model=Resampler(1280))) is None
+    # a FaceID adapter carries is_instant_id = False on Forge: still FaceID
+    assert kinds.forge_kind(SimpleNamespace(is_instant_id=False, image_proj_model=ProjModelFaceIdPlus())) is kinds.FACEID
+    assert forge_internals.is_identity_adapter(instant) and not forge_internals.is_faceid_adapter(instant)
+
+
+@pytest.mark.parametrize("model, module, expected", [
+    ("ip-adapter_instant_id_sdxl [eb2d3ec0]", "instant_id_face_embedding", ["instantid"]),     # A1111
+    ("ip-adapter_instant_id_sdxl", "InsightFace (InstantID)", ["instantid"]),                 # Forge 2 / Neo
+    ("InstantID ip-adapter", "None", ["instantid"]),
+    ("control_instant_id_sdxl [c5c25a50]", "instant_id_face_keypoints", []),                  # IdentityNet
+    ("instantid-controlnet", "instant_id_face_keypoints", []),
+])
+def test_instantid_units_are_the_ip_adapter_half_only(model, module, expected):
+    assert [k.name for k in identity_kinds({"model": model, "module": module})] == expected
+
+
+def test_instantid_preview_is_one_face_mosaic_whatever_the_hosts_plus_flags():
+    for plus, v2 in ((True, False), (True, None), (False, None)):
+        layout = token_layout(16, plus=plus, v2=v2, portrait=not plus, layout=kinds.INSTANTID.preview)
+        assert layout.kind == "InstantID" and layout.groups == (("face", tuple(range(16))),) and not layout.separate
