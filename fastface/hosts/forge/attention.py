@@ -74,6 +74,10 @@ class FaceAttn2Patch:
     def has_face(self) -> bool:
         return bool(self._identity_split()[0])
 
+    def kinds(self) -> list:
+        """The kinds (`hosts.kinds`) of this patch's identity adapters."""
+        return list(self._identity_split()[0].values())
+
     def weight_power(self) -> Optional[int]:
         """How the host's patch applies an "original" unit weight (w or w², `internals.weight_power`):
         FastFace's layer applies it the same way, so an identity transform gives the host's output."""
@@ -214,6 +218,7 @@ class FaceAttn2Patch:
                 face_out = face_out * window.to(face_out.dtype)
             else:
                 counted = True            # the trace counts layers known on the host to be inside
+                job.am_adapters[kind.name] += 1
             out = out + face_out.to(out.dtype)
         if counted:
             job.layer_part = part
