@@ -150,8 +150,8 @@ class FastFaceArgs:
         "face. On: that token's map is flipped before the softmask and its mask flipped back "
         "after, so the token keeps its background area instead of being cut down to its few "
         "strongest spots like the face tokens. Off: it is masked like a face token. (With "
-        "FaceID, Plus v1 or Portrait the first token is an ordinary face token. PuLID has no "
-        "background token: this does not apply to a PuLID unit.)",
+        "FaceID, Plus v1 or Portrait the first token is an ordinary face token. PuLID and InstantID "
+        "have no background token: this does not apply to their units.)",
         group="am", advanced=True)
     am_down: bool = _field(True, "down", "Down blocks", "Apply the transform in the down blocks.",
                            group="am", advanced=True)

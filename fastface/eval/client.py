@@ -30,6 +30,9 @@ def build_payload(cfg: Config, job: Job, photos: Sequence[str], server: Optional
         unit["input_mode"] = "merge"
     else:
         unit["image"] = b64_file(photos[0])
+    # units after the identity unit (InstantID's keypoint ControlNet), each as written, with the
+    # identity's photo where it names no image of its own (InstantID's default: the reference's keypoints)
+    after = [{"enabled": True, **u, "image": u.get("image") or b64_file(photos[0])} for u in cfg.units_after]
     fastface = {**cfg.fastface, **variant_of(cfg, job.preset).fields, "enabled": True}
     if cfg.face_models is None:
         fastface["readout"] = True
@@ -42,7 +45,7 @@ def build_payload(cfg: Config, job: Job, photos: Sequence[str], server: Optional
         **cfg.payload,
         "alwayson_scripts": {**cfg.payload.get("alwayson_scripts", {}),
                              "FastFace": {"args": [fastface]},
-                             controlnet_key: {"args": [unit]}},
+                             controlnet_key: {"args": [unit] + after}},
     }
     if cfg.scheduler:
         payload["scheduler"] = cfg.scheduler

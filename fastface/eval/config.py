@@ -33,6 +33,7 @@ class Config:
     prompts: str
     output: str
     unit: dict
+    units_after: list = field(default_factory=list)   # ControlNet units sent after it (InstantID's keypoints)
     server_overrides: dict = field(default_factory=dict)   # url → {"unit": {...}, "controlnet_key": ...}
     presets: list[str] = field(default_factory=lambda: [BASELINE, "Realistic"])   # the variants' labels, in order
     variants: list[Variant] = field(default_factory=list)   # what each label sends (fastface.eval.variants)
@@ -62,7 +63,7 @@ class Config:
     sheet_seed: Optional[int] = None
 
 
-_FIELD_TYPES = {"servers": list, "identities": str, "prompts": str, "output": str, "unit": dict,
+_FIELD_TYPES = {"servers": list, "identities": str, "prompts": str, "output": str, "unit": dict, "units_after": list,
                 "presets": list, "seeds": list, "steps": int, "width": int, "height": int, "lambda": float,
                 "cfg_scale": float, "sampler": str, "scheduler": str, "checkpoint": str,
                 "negative_prompt": str, "prompt_suffix": str, "lowercase_prompts": bool,
@@ -187,7 +188,14 @@ def load_config(path: str) -> Config:
     if cfg.timeout <= 0:
         raise bad("timeout", "must be positive")
     if not cfg.unit.get("model") or not cfg.unit.get("module"):
-        raise bad("unit", "the identity unit needs 'module' (the preprocessor) and 'model' (the FaceID or PuLID adapter)")
+        raise bad("unit", "the identity unit needs 'module' (the preprocessor) and 'model' (the FaceID, PuLID or "
+                  "InstantID IP-Adapter)")
+    for unit in data.get("units_after", []):
+        # e.g. InstantID's keypoint ControlNet, which sd-webui-controlnet wants right after the
+        # IP-Adapter unit (controlnet.py L1188-1197); without an image it gets the identity's photo
+        if not isinstance(unit, dict) or not unit.get("module") or not unit.get("model"):
+            raise bad("units_after", f"{unit!r}: each unit is a table with 'module' and 'model'")
+    cfg.units_after = [dict(u) for u in data.get("units_after", [])]
     if os.path.realpath(cfg.output) in (os.path.realpath(base), os.path.realpath(cfg.identities)):
         raise bad("output", "use a folder of its own (everything the command writes goes there)")
     return cfg

@@ -66,6 +66,17 @@ def no_face_note(where: str, args: FastFaceArgs) -> str:
     return f"no FaceID unit in {where}: " + _without_face(args, readout_runs=False)
 
 
+def note_units(job: "Job", kinds) -> None:
+    """One note per identity-adapter kind the kind table has named in notes (`named_in_a_note`),
+    e.g. 'InstantID unit: 16 face tokens (no background token), Invert first token does not apply to
+    InstantID': which adapter FastFace found, and that the option for FaceID-Plus-v2's background
+    token is not used for it."""
+    for kind in kinds:
+        if kind is not None and kind.named_in_a_note:
+            job.note(f"{kind.label} unit: {kind.tokens[0]} face tokens (no background token), Invert first token "
+                     f"does not apply to {kind.label}")
+
+
 def _listed(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 

@@ -17,8 +17,10 @@ the `readout` field is ticked):
 The FaceID unit is read from ControlNet's own script arguments (`p.script_args` between its
 `args_from` and `args_to`; sd-webui-controlnet and Forge's built-in ControlNet both keep units
 there, as objects or, from the API, dicts): its image(s), or on A1111 a precomputed
-`ipadapter_input` embedding. A PuLID unit (A1111) counts as the FaceID unit: its image(s) are the
-reference (its `ipadapter_input` holds antelopev2 and EVA-CLIP features, not the readout's embedding).
+`ipadapter_input` embedding. Which units are identity units, and whose precomputed input the readout
+can use, is the kind table's (`hosts.kinds`): a PuLID unit (A1111) counts as the FaceID unit, its
+image(s) are the reference (its `ipadapter_input` holds antelopev2 and EVA-CLIP features, not the
+readout's embedding).
 Duck-typed; anything unexpected means "no reference" and a note. The hosts read the same units
 for their note when they found no IP-Adapter layers although an enabled unit names an IP-Adapter
 (`unapplied_units_note`: the WebUI dropped that unit and logged why).
@@ -38,6 +40,7 @@ import numpy as np
 
 from ..views import likeness
 from .common import log, not_applied_note
+from .kinds import FACEID, INSTANTID_EMBEDDING_MODULES, PULID, unit_kinds
 
 ID_KEY = "FastFace ID"
 SETTING = "fastface_face_models"
@@ -190,19 +193,29 @@ def _model_and_module(unit) -> tuple[str, str]:
     return (str(_get(unit, "model", "") or "").lower(), str(_get(unit, "module", "") or "").lower())
 
 
+def identity_kinds(unit) -> list:
+    """The identity-adapter kinds (`hosts.kinds`) the unit's model and module name; empty for any
+    other unit."""
+    return unit_kinds(*_model_and_module(unit))
+
+
+def is_identity_unit(unit) -> bool:
+    """A unit of an identity adapter FastFace knows: its reference image is the readout's."""
+    return bool(identity_kinds(unit))
+
+
 def is_faceid_unit(unit) -> bool:
-    model, module = _model_and_module(unit)
-    return "faceid" in model.replace("_", "").replace("-", "") or "face_id" in module
+    return FACEID in identity_kinds(unit)
 
 
 def is_pulid_unit(unit) -> bool:
     """sd-webui-controlnet's PuLID (module `ip-adapter_pulid`, a model file named *pulid*): an identity
     adapter whose reference image the readout compares with, as for FaceID."""
-    model, module = _model_and_module(unit)
-    return "pulid" in model or "pulid" in module
+    return PULID in identity_kinds(unit)
 
 
-IP_ADAPTER_WORDS = ("ipadapter", "faceid", "pulid")   # in a unit's model or module, separators dropped
+# in a unit's model or module, separators dropped (InstantID's preprocessors name no IP-Adapter)
+IP_ADAPTER_WORDS = ("ipadapter", "faceid", "pulid") + INSTANTID_EMBEDDING_MODULES
 
 
 def names_ip_adapter(unit) -> bool:
@@ -233,7 +246,7 @@ def unapplied_units_note(p, args) -> Optional[str]:
     if not models:
         return None
     enabled = [u for u in units if _get(u, "enabled", False)]
-    readout_runs = args.readout and any(is_faceid_unit(u) or is_pulid_unit(u) for u in enabled)
+    readout_runs = args.readout and any(is_identity_unit(u) for u in enabled)
     return not_applied_note(models, args, readout_runs)
 
 
@@ -261,13 +274,17 @@ def faceid_unit_inputs(p, problems: Optional[list] = None) -> tuple[list[np.ndar
     embeddings: list[np.ndarray] = []
     found = False
     for unit in controlnet_units(p):
-        if not _get(unit, "enabled", False) or not (is_faceid_unit(unit) or is_pulid_unit(unit)):
+        kinds = identity_kinds(unit)
+        if not _get(unit, "enabled", False) or not kinds:
             continue
         found = True
         precomputed = _get(unit, "ipadapter_input")
-        if precomputed is not None and is_pulid_unit(unit):
-            # PuLID's precomputed input is antelopev2 + EVA-CLIP features, not the readout's embedding
-            problems.append("a PuLID unit's ipadapter_input holds no face the readout can compare with")
+        unreadable = [kind for kind in kinds if not kind.readout_takes_precomputed]
+        if precomputed is not None and unreadable:
+            # e.g. PuLID's precomputed input is antelopev2 + EVA-CLIP features, not the readout's embedding
+            label = unreadable[0].label
+            problems.append(f"{'an' if label[0] in 'AEIOU' else 'a'} {label} unit's ipadapter_input holds no face "
+                            "the readout can compare with")
             continue
         if precomputed is not None:
             embeddings += [e for e in (_embedding(x, problems) for x in _as_list(precomputed)) if e is not None]

@@ -33,6 +33,7 @@ import torch
 from ..method.attention import face_probs_token_major, ip_attention, transform_token_major
 from ..views.attnmaps import AttentionRecorder, token_layout
 from .common import Job, log
+from .kinds import BY_NAME, FACEID
 
 PASS_NAMES = {0: "base pass", 1: "hires pass"}
 
@@ -43,7 +44,7 @@ class Recording:
 
     recorder: AttentionRecorder = field(default_factory=AttentionRecorder)
     adapter: Any = None              # id() of the one identity adapter recorded (the first one seen)
-    pulid: bool = False              # it is a PuLID unit (10 id tokens)
+    kind: str = FACEID.name          # its kind (`hosts.kinds`), which lays out the preview
     plus: bool = False
     v2: Optional[bool] = None
     first_image: int = 0             # job-wide index of this batch's first image
@@ -56,6 +57,11 @@ class Recording:
     # Forge
     in_id_branch: bool = False       # inside FastFace's id-only evaluation
     warned: set = field(default_factory=set)
+
+    @property
+    def pulid(self) -> bool:
+        """The recorded adapter is a PuLID unit (10 id tokens)."""
+        return self.kind == "pulid"
 
 
 def begin(job: Job) -> None:
@@ -85,10 +91,11 @@ def start_pass(job: Job, p, host_rows: Optional[Callable] = None) -> None:
         give_up(job, exc)
 
 
-def adapter_ok(rec: Recording, adapter, plus: bool, v2: Optional[bool], pulid: bool = False) -> bool:
-    """Record one identity adapter (FaceID or PuLID) per job (the first seen); remember what kind it is."""
+def adapter_ok(rec: Recording, adapter, plus: bool, v2: Optional[bool], kind: str = FACEID.name) -> bool:
+    """Record one identity adapter per job (the first seen); remember what kind it is (`kind`: its
+    `hosts.kinds` name; `plus` / `v2`: the FaceID-Plus flags the host has)."""
     if rec.adapter is None:
-        rec.adapter, rec.plus, rec.v2, rec.pulid = id(adapter), plus, v2, pulid
+        rec.adapter, rec.plus, rec.v2, rec.kind = id(adapter), plus, v2, kind
     return rec.adapter == id(adapter)
 
 
@@ -158,7 +165,7 @@ def _finish(rec: Recording, processed, extra_images_shown: bool = True) -> int:
 
     maps = rec.recorder.images()
     if not maps:
-        log.info("Show face attention: no face attention was recorded (no FaceID or PuLID unit?)")
+        log.info("Show face attention: no face attention was recorded (no identity-adapter unit?)")
         return 0
     images = list(getattr(processed, "images", None) or [])
     first = int(getattr(processed, "index_of_first_image", 0) or 0)
@@ -167,8 +174,9 @@ def _finish(rec: Recording, processed, extra_images_shown: bool = True) -> int:
     extra = getattr(processed, "extra_images", None)
     target = extra if isinstance(extra, list) and extra_images_shown else processed.images
     tokens = maps[0].tokens
+    preview = BY_NAME[rec.kind].preview
     layout = token_layout(tokens, plus=rec.plus, v2=rec.v2, portrait=not rec.plus and tokens % 16 == 0,
-                          pulid=rec.pulid)
+                          layout=preview)
     added = 0
     for image_maps in maps:
         if image_maps.image < len(generated):

@@ -214,13 +214,20 @@ class TokenLayout:
 
 
 def token_layout(tokens: int, *, plus: bool = False, v2: Optional[bool] = None,
-                 portrait: bool = False, pulid: bool = False) -> TokenLayout:
-    """FaceID / Plus v1: one mosaic of all tokens. Plus-v2 (or a Plus whose version the host cannot
+                 portrait: bool = False, pulid: bool = False, layout: str = "faceid") -> TokenLayout:
+    """`layout` names the adapter's layout (the hosts' kind table says which): "faceid", "pulid",
+    "instantid".
+
+    FaceID / Plus v1: one mosaic of all tokens. Plus-v2 (or a Plus whose version the host cannot
     tell): token 0, the background token, separately and the others as the face mosaic. Portrait:
-    16 tokens per face, one 4×4 mosaic per face. PuLID: its 10 id tokens (the zero padding is not
-    shown) as two groups, the 5 of the MLP over the face embedding and the 5 of the EVA-CLIP layers."""
+    16 tokens per face, one 4×4 mosaic per face. PuLID (`pulid`, or layout "pulid"): its 10 id
+    tokens (the zero padding is not shown) as two groups, the 5 of the MLP over the face embedding
+    and the 5 of the EVA-CLIP layers. InstantID: its 16 tokens (learnt queries of a Resampler over the
+    face embedding, no background token) as one 4×4 face mosaic."""
     every = tuple(range(tokens))
-    if pulid:
+    if layout == "instantid":
+        return TokenLayout("InstantID", (("face", every),))
+    if pulid or layout == "pulid":
         half = min(5, tokens)
         groups = (("id (MLP)", every[:half]),) + ((("id (EVA-CLIP layers)", every[half:]),) if tokens > half else ())
         return TokenLayout("PuLID", groups)

@@ -45,3 +45,28 @@ def test_a_pulid_unit_is_sent_as_written(workspace, servers):
     sent = [q["alwayson_scripts"]["controlnet"]["args"][0] for q in a.requests]
     assert sent and all(u["module"] == "ip-adapter_pulid" and u["model"] == "ip-adapter_pulid_sdxl_fp16"
                         and u["pulid_mode"] == "Extremely style" and u["weight"] == 0.7 and u["image"] for u in sent)
+
+
+def test_an_instantid_pair_is_sent_ip_unit_first_then_the_keypoint_unit(workspace, servers):
+    """Issue 22: fastface-eval with InstantID — the IP-Adapter unit (the identity unit: weight λ, the
+    identity's photo) and then the keypoint ControlNet unit (`units_after`, as written, the identity's
+    photo where it names none), the order sd-webui-controlnet asserts (controlnet.py L1188-1197)."""
+    a = servers(name="A")
+    ip_unit = {"module": "instant_id_face_embedding", "model": "ip-adapter_instant_id_sdxl [eb2d3ec0]"}
+    keypoints = {"module": "instant_id_face_keypoints", "model": "control_instant_id_sdxl [c5c25a50]",
+                 "weight": 0.8, "control_mode": "Balanced"}
+    assert main(["--config", write_config(workspace, [a], unit=ip_unit, units_after=[keypoints])]) == 0
+    assert a.requests
+    for request in a.requests:
+        first, second = request["alwayson_scripts"]["controlnet"]["args"]
+        assert (first["module"], first["weight"]) == (ip_unit["module"], 0.7) and first["image"]
+        assert {k: second[k] for k in keypoints} == keypoints and second["enabled"]
+        assert second["image"] == first["image"]     # the reference's keypoints
+
+
+def test_units_after_must_name_module_and_model(workspace, servers, capsys):
+    from fastface.eval.config import ConfigError
+    a = servers(name="A")
+    cfg = write_config(workspace, [a], units_after=[{"module": "instant_id_face_keypoints"}])
+    assert main(["--config", cfg]) == ConfigError.code
+    assert "field 'units_after'" in (err := capsys.readouterr().err) and "with 'module' and 'model'" in err

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 POSITIVE_MARK_TOKEN, NEGATIVE_MARK_TOKEN, MARK_EPS = 1024.0, -1024.0, 1e-3  # controlnet scripts/hook.py
-C, HEADS, T_FACE, T_PULID = 8, 2, 4, 10
+C, HEADS, T_FACE, T_PULID, T_INSTANTID = 8, 2, 4, 10, 16
 
 
 # --- modules.script_callbacks / modules.shared ------------------------------------------------------
@@ -55,12 +55,15 @@ class ControlNetState:
 class FakeIPAdapterModel:
     """ipadapter_model.py IPAdapterModel: `ip_layers.to_kvs` (`To_KV`, L51-58: bias-free Linears keyed
     "{2n+1}_to_{k,v}_ip"), the kind flags (L279-281), and the unit's image embedding. PuLID (L243-269,
-    image_proj_models.py L274-333): 10 id tokens; its uncond is the encoder applied to zeros, not zero."""
+    image_proj_models.py L274-333): 10 id tokens; its uncond is the encoder applied to zeros, not zero.
+    InstantID (L95-96, L147-158, L224-241): 16 tokens from a Resampler, uncond = Resampler(zeros), which
+    is not zero; `is_plus` is set for it too ("latents" in its Resampler's state dict, L284-288)."""
 
-    def __init__(self, is_faceid: bool, seed: int, is_pulid: bool = False, kv_bias: bool = False):
+    def __init__(self, is_faceid: bool, seed: int, is_pulid: bool = False, kv_bias: bool = False,
+                 is_instantid: bool = False):
         g = torch.Generator().manual_seed(seed)
-        self.is_faceid, self.is_pulid = is_faceid, is_pulid
-        self.is_plus = self.is_v2 = False
+        self.is_faceid, self.is_pulid, self.is_instantid = is_faceid, is_pulid, is_instantid
+        self.is_plus, self.is_v2 = is_instantid, False
         self.to_kvs = {}
         for number in range(3):
             for kind in ("k", "v"):
@@ -71,9 +74,22 @@ class FakeIPAdapterModel:
                         lin.bias.copy_(torch.randn(C, generator=g) * 0.5)
                 self.to_kvs[f"{number * 2 + 1}_to_{kind}_ip"] = lin
         self.ip_layers = SimpleNamespace(to_kvs=self.to_kvs)
-        tokens = T_PULID if is_pulid else T_FACE
+        tokens = T_PULID if is_pulid else T_INSTANTID if is_instantid else T_FACE
         self.cond_emb = torch.randn(1, tokens, C, generator=g)
-        self.uncond_emb = torch.randn(1, tokens, C, generator=g) * 0.3 if is_pulid else torch.zeros(1, tokens, C)
+        encoded_zeros = is_pulid or is_instantid   # an encoder of zeros: not zero
+        self.uncond_emb = torch.randn(1, tokens, C, generator=g) * 0.3 if encoded_zeros else torch.zeros(1, tokens, C)
+
+
+class ImageEmbed:
+    """ipadapter_model.py L19-40: the unit's (cond, uncond) embedding; `eval(cond_mark)` gives each row
+    the cond embedding where its mark is 1, the uncond one where it is 0."""
+
+    def __init__(self, cond_emb, uncond_emb):
+        self.cond_emb, self.uncond_emb = cond_emb, uncond_emb
+
+    def eval(self, cond_mark):
+        m = cond_mark[:, :, :, 0]
+        return self.cond_emb * m + self.uncond_emb * (1 - m)
 
 
 class PuLIDAttnSetting:
@@ -120,9 +136,11 @@ class PlugableIPAdapter:
     attn_eval dispatches to _attn_eval_ipadapter (L200-238, fused SDPA), patch_forward's closure
     blends cond/uncond embeddings by cond_mark (ImageEmbed.eval) and scales by weight."""
 
-    def __init__(self, is_faceid=True, seed=0, weight=0.8, pulid_mode=None, kv_bias=False):
-        self.ipadapter = FakeIPAdapterModel(is_faceid, seed, is_pulid=pulid_mode is not None, kv_bias=kv_bias)
+    def __init__(self, is_faceid=True, seed=0, weight=0.8, pulid_mode=None, kv_bias=False, instantid=False):
+        self.ipadapter = FakeIPAdapterModel(is_faceid, seed, is_pulid=pulid_mode is not None, kv_bias=kv_bias,
+                                            is_instantid=instantid)
         self.pulid_attn_setting = PULID_MODES[pulid_mode] if pulid_mode else None   # hook() L134
+        self.image_emb = ImageEmbed(self.ipadapter.cond_emb, self.ipadapter.uncond_emb)   # hook() L146-148
         self.cache = {}
         self.weight = weight
         self.eval_calls = 0
@@ -153,13 +171,53 @@ class PlugableIPAdapter:
 
     def patch_forward(self, number):
         def forward(attn_blk, x, q):
-            m = ControlNetState.cond_mark
-            emb = self.ipadapter.cond_emb * m[:, :, :, 0] + self.ipadapter.uncond_emb * (1 - m[:, :, :, 0])
+            emb = self.image_emb.eval(ControlNetState.cond_mark)   # L293
             k_key, v_key = f"{number * 2 + 1}_to_k_ip", f"{number * 2 + 1}_to_v_ip"
             out = self.attn_eval(x, q, emb, attn_blk.heads, x.shape[-1] // attn_blk.heads,
                                  lambda e: self.call_ip(k_key, e, q.device), lambda e: self.call_ip(v_key, e, q.device))
             return out * self.weight
         return forward
+
+
+class IdentityNet(torch.nn.Module):
+    """InstantID's ControlNet unit as sd-webui-controlnet runs it (scripts/hook.py L596-638): its
+    cross-attention context is the IP-Adapter unit's `image_emb` evaluated with the rows' marks
+    (`control_context_override.eval(cond_mark)`, L600-602; set by controlnet.py L1188-1197, the IP unit
+    first), so mark-1 rows get the face tokens and mark-0 rows Resampler(0); the keypoint hint is the
+    same for every row (a (1, …) tensor, broadcast). Control modes (controlnet.py L1047-1048):
+    "Balanced" — neither flag; "ControlNet is more important" — `soft_injection` (the decaying
+    scales, a scalar here) and `cfg_injection`, which multiplies the control by the mark (L635-638):
+    mark-0 rows get none. Records per UNet call the marks, the context and the control it added."""
+
+    MODES = ("Balanced", "ControlNet is more important")
+
+    def __init__(self, ip_unit: "PlugableIPAdapter", mode: str = "Balanced", seed=11, weight=1.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.context_override = ip_unit.image_emb
+        self.soft_injection = self.cfg_injection = mode == "ControlNet is more important"
+        self.weight = weight
+        self.hint = torch.randn(1, 4, 1, 1, generator=g)             # the keypoint drawing, (1, c, h, w)
+        self.to_q, self.to_k, self.to_v = (torch.nn.Linear(C, C, bias=False) for _ in range(3))
+        self.hint_in = torch.nn.Linear(4, C, bias=False)
+        with torch.no_grad():
+            for lin in (self.to_q, self.to_k, self.to_v, self.hint_in):
+                lin.weight.copy_(torch.randn(*lin.weight.shape, generator=g) * 0.5)
+        self.seen = []
+
+    def forward(self, tokens, cond_mark):
+        """tokens (B, L, C) the UNet's input tokens; cond_mark (B, 1, 1, 1) → the control (B, L, C)."""
+        context = self.context_override.eval(cond_mark)                         # (B, 16, C)
+        hint = self.hint_in(self.hint.flatten(2).transpose(1, 2))              # (1, 1, C): every row
+        q = self.to_q(tokens + hint)
+        control = F.scaled_dot_product_attention(q, self.to_k(context), self.to_v(context)) * self.weight
+        if self.soft_injection:
+            control = control * 0.825 ** 3
+        if self.cfg_injection:
+            control = control * cond_mark[:, :, :, 0]
+        self.seen.append(dict(marks=cond_mark.flatten().tolist(), context=context.detach().clone(),
+                              control=control.detach().abs().amax(dim=(1, 2)).tolist()))
+        return control
 
 
 # --- the UNet ----------------------------------------------------------------------------------------
@@ -208,6 +266,7 @@ class FakeUNet(torch.nn.Module):
             for lin in (self.proj_in, self.proj_out):
                 lin.weight.copy_(torch.randn(*lin.weight.shape, generator=g) * 0.5)
         self.rows_seen = []
+        self.controls = []   # ControlNet units (`IdentityNet`), applied to every row as hook.py does
 
     def attn_layers(self):
         return [self.input_blocks[0].attn2, self.middle_block.attn2, self.output_blocks[0].attn2]
@@ -216,6 +275,8 @@ class FakeUNet(torch.nn.Module):
         self.rows_seen.append(x.shape[0])
         ControlNetState.cond_mark, context = unmark(context)
         h = self.proj_in(x.flatten(2).transpose(1, 2))
+        for control in self.controls:
+            h = h + control(h, ControlNetState.cond_mark)
         for attn in self.attn_layers():
             h = h + attn(h, context)
         return self.proj_out(h).transpose(1, 2).reshape(x.shape) * 0.1 + x * 0.5 / (1 + sigma.view(-1, 1, 1, 1))

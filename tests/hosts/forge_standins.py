@@ -56,6 +56,10 @@ class UnetPatcher:
     def add_sampler_pre_cfg_function(self, fn):  # unet.py L117
         self.model_options.setdefault("sampler_pre_cfg_function", []).append(fn)
 
+    def add_controlnet_conditioning_modifier(self, modifier):  # unet.py L161-162 (append_transformer_option)
+        to = self.model_options["transformer_options"]
+        to["controlnet_conditioning_modifiers"] = to.get("controlnet_conditioning_modifiers", []) + [modifier]
+
     def sample_inner(self, model, x, timestep, uncond, cond, cond_scale, model_options):
         """The host's sampling after the conditioning modifiers (Forge 2: `sampling_function_inner`)."""
         return sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options)
@@ -135,18 +139,26 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
 
 class ControlNet:
     """The contract of a ControlNet in `controlnet_linked_list` (backend/patcher/controlnet.py
-    L292-340, weighting L84-150): `get_control(x, t, cond, batched_number)` returns per-row
-    signals {"middle": [tensor]} computed from the call's rows and context; with an advanced
-    weighting the signal of each row is scaled by the positive or the negative weight according
-    to `transformer_options["cond_mark"]` (L138)."""
+    L292-340, weighting L84-150): `get_control(x, t, cond, batched_number)` first runs the
+    `controlnet_conditioning_modifiers` of its transformer options (L295-296: InstantID's puts the
+    face tokens in `c_crossattn`), then returns per-row signals {"middle": [tensor]} computed from
+    the call's rows and context; with an advanced weighting the signal of each row is scaled by the
+    positive or the negative weight according to `transformer_options["cond_mark"]` (L138).
+    Records the context each call saw (`seen`)."""
 
     def __init__(self, positive_weight=None, negative_weight=None):
         self.previous_controlnet = None
         self.transformer_options = {}
         self.positive_advanced_weighting = None if positive_weight is None else {"middle": [positive_weight]}
         self.negative_advanced_weighting = None if negative_weight is None else {"middle": [negative_weight]}
+        self.seen = []
 
     def get_control(self, x, t, cond, batched_number):
+        for modifier in self.transformer_options.get("controlnet_conditioning_modifiers", []):
+            x, t, cond, batched_number = modifier(self, x, t, cond, batched_number)
+        mark = self.transformer_options.get("cond_mark")
+        self.seen.append(dict(marks=mark.tolist() if mark is not None else None,
+                              context=cond["c_crossattn"].detach().clone()))
         context = cond["c_crossattn"].mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
         signal = 0.05 * torch.tanh(x + context)
         if self.positive_advanced_weighting is not None or self.negative_advanced_weighting is not None:
@@ -340,13 +352,23 @@ class ImageProjModel(torch.nn.Module):
     """The plain (non-face) IP-Adapter projection (L135, L298-304)."""
 
 
+class Resampler(torch.nn.Module):
+    """resampler.py L82-101: InstantID's projection reads the 512-d face embedding (IPAdapterPlus.py
+    L341-352), IP-Adapter Plus's CLIP features (L306-322); only `proj_in` matters here."""
+
+    def __init__(self, embedding_dim=512):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(embedding_dim, 4, bias=False)
+
+
 class Adapter(torch.nn.Module):
     """`IPAdapter` (L270-296): `image_proj_model` plus `ip_layers.to_kvs[f"{2n+1}_to_k_ip"]`."""
 
-    def __init__(self, faceid=True, context_dim=8, width=8, layers=3, seed=1, big=0):
+    def __init__(self, faceid=True, context_dim=8, width=8, layers=3, seed=1, big=0, instant_id=False):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.image_proj_model = ProjModelFaceIdPlus() if faceid else ImageProjModel()
+        self.is_instant_id = instant_id   # L284: set on every IPAdapter (False for FaceID and Plus)
+        self.image_proj_model = Resampler() if instant_id else ProjModelFaceIdPlus() if faceid else ImageProjModel()
         self.ip_layers = torch.nn.Module()
         self.ip_layers.to_kvs = torch.nn.ModuleDict()
         for number in range(layers):
@@ -413,11 +435,22 @@ class CrossAttentionPatch:
 def install_ip_adapter(unet, adapter, weight=0.8, cond=None, uncond=None, sigma_start=1e9, sigma_end=0.0,
                        patch_class=CrossAttentionPatch):
     """What the built-in ControlNet's IP-Adapter unit does (IPAdapterPlus.py L732-785): clone the
-    patcher and put one patch per attn2 key, numbered in block order; returns the clone."""
+    patcher and put one patch per attn2 key, numbered in block order; returns the clone. InstantID
+    (`adapter.is_instant_id`): 16 tokens, uncond = Resampler(0) (not zero, L363-366), and the
+    conditioning modifier that gives every ControlNet unit the face tokens as its context on COND
+    rows, Resampler(0) on UNCOND rows (L734-741)."""
     work = unet.clone()
     g = torch.Generator().manual_seed(7)
-    cond = torch.randn(1, 4, 8, generator=g) if cond is None else cond
-    uncond = torch.randn(1, 4, 8, generator=g) if uncond is None else uncond
+    tokens = 16 if getattr(adapter, "is_instant_id", False) else 4
+    cond = torch.randn(1, tokens, 8, generator=g) if cond is None else cond
+    uncond = torch.randn(1, tokens, 8, generator=g) if uncond is None else uncond
+    if getattr(adapter, "is_instant_id", False):
+        def modifier(cnet, x_noisy, t, cond_, batched_number):
+            cond_mark = cond_["transformer_options"]["cond_mark"][:, None, None].to(cond_["c_crossattn"])  # cond is 0
+            cond_["c_crossattn"] = cond * (1.0 - cond_mark) + uncond * cond_mark
+            return x_noisy, t, cond_, batched_number
+
+        work.add_controlnet_conditioning_modifier(modifier)
     to = work.model_options["transformer_options"]
     attn2 = to.setdefault("patches_replace", {}).setdefault("attn2", {})
     for number, key in enumerate(ToyUNet.BLOCKS):

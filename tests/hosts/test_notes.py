@@ -39,6 +39,9 @@ CATALOGUE = {
         "PuLID unit: mode Fidelity (8 zero tokens, projection ortho_v2), Invert first token does not apply to PuLID",
     "a PuLID unit with a setting FastFace does not know is left to sd-webui-controlnet": None,
     "PuLID's K/V projections were not the bias-free ones FastFace knows: its zero tokens are computed explicitly": None,
+    # both hosts: an identity unit the kind table names (hosts/common.py note_units)
+    "{} unit: {} face tokens (no background token), Invert first token does not apply to {}":
+        "InstantID unit: 16 face tokens (no background token), Invert first token does not apply to InstantID",
     # hosts/forge
     "a ControlNet unit weights cond and uncond differently: the id-only branch takes its own UNet call": None,
     "AND prompts: DCG uses Forge's weighted average of the sub-prompts as the full branch": None,

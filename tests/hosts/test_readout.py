@@ -242,3 +242,26 @@ def test_a_pulid_unit_image_is_the_reference(lm, pack, models_at):
     images, embeddings, found = readout.faceid_unit_inputs(make_p([precomputed]), problems)
     assert found and not images and not embeddings
     assert problems == ["a PuLID unit's ipadapter_input holds no face the readout can compare with"]
+
+
+@pytest.mark.parametrize("ip_unit", [
+    {"module": "instant_id_face_embedding", "model": "ip-adapter_instant_id_sdxl [eb2d3ec0]"},   # A1111
+    {"module": "InsightFace (InstantID)", "model": "ip-adapter_instant_id_sdxl"},                 # Forge 2 / Neo
+], ids=["a1111", "forge"])
+def test_the_instantid_ip_units_image_is_the_reference_and_the_keypoint_unit_is_not(lm, pack, models_at, ip_unit):
+    """InstantID (issue 22): the IP-Adapter unit's image is the readout's reference; the keypoint
+    ControlNet unit after it (its pose drawing, here another face) is not an identity unit; a
+    precomputed `ipadapter_input` (an antelopev2 embedding) is not the readout's embedding."""
+    models_at(pack)
+    unit = dict(ip_unit, enabled=True, image=b64png(lm.face_image(RED)))
+    keypoints = {"enabled": True, "module": "instant_id_face_keypoints", "model": "control_instant_id_sdxl [c5c25a50]",
+                 "image": b64png(lm.face_image(ORANGE))}
+    texts, _ = generate(make_p([unit, keypoints], batch_size=2), [lm.face_image(RED), lm.face_image(ORANGE)])
+    hand = float(np.dot(lm.expected_embedding(RED), lm.expected_embedding(ORANGE)))
+    assert [t.get(readout.ID_KEY) for t in texts] == ["1.000", f"{hand:.3f}"]
+    problems = []
+    images, embeddings, found = readout.faceid_unit_inputs(make_p([dict(unit, image=None, ipadapter_input=["x"])]),
+                                                           problems)
+    assert found and not images and not embeddings
+    assert problems == ["an InstantID unit's ipadapter_input holds no face the readout can compare with"]
+    assert readout.faceid_unit_inputs(make_p([keypoints]))[2] is False

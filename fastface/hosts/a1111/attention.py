@@ -10,7 +10,8 @@ from ...method.blocks import unet_part
 from .. import recording
 from ..common import Job, PatchSet
 from . import preview, pulid
-from .controlnet import is_faceid, is_pulid, plugable_ipadapter_classes
+from ..kinds import BY_NAME
+from .controlnet import adapter_kind, plugable_ipadapter_classes
 
 
 def _patched_attn_eval(job: Job, original, transform_layers: bool):
@@ -28,7 +29,8 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
                 # the image, so the softmask pools the branches of one image, as Forge does (an
                 # int period: a reshape inside, no tensor made per call)
                 images = st.images if hidden_states.shape[0] % st.images == 0 else None
-                transform = job.transforms.get(part, st.step, st.total, images, background_token=kind != "pulid")
+                transform = job.transforms.get(part, st.step, st.total, images,
+                                               background_token=BY_NAME[kind].background_token)
             except Exception as exc:
                 job.fail("A1111 attention transform", exc)
         args = (hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
@@ -50,18 +52,18 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
 
 
 def identity_kind(adapter) -> Optional[str]:
-    """"faceid", "pulid" (with a PuLID setting FastFace knows), or None: left to the host."""
-    if is_faceid(adapter):
-        return "faceid"
-    if is_pulid(adapter) and pulid.setting_of(adapter) is not None:
-        return "pulid"
-    return None
+    """The name of the adapter's kind (`hosts.kinds`: "faceid", "pulid" with a PuLID setting
+    FastFace knows, …), or None: left to the host."""
+    kind = adapter_kind(adapter)
+    if kind is None or (kind.face_branch == "pulid" and pulid.setting_of(adapter) is None):
+        return None
+    return kind.name
 
 
 def _transformed(job: Job, adapter, kind, transform, hidden_states, query, emb, heads, head_dim, emb_to_k, emb_to_v):
     batch = hidden_states.shape[0]
     recorder = None if job.recording is None else preview.recorder(job, adapter, batch, transform)
-    if kind == "pulid":
+    if BY_NAME[kind].face_branch == "pulid":
         out = pulid.face_branch(pulid.setting_of(adapter), hidden_states, query, emb, heads, head_dim,
                                 emb_to_k, emb_to_v, transform, sink_exact=_sink_exact(job, adapter),
                                 kernels=job.kernels, recorder=recorder)
@@ -77,7 +79,7 @@ def _transformed(job: Job, adapter, kind, transform, hidden_states, query, emb, 
 
 
 def _record_untransformed(job: Job, adapter, kind, hidden_states, query, emb, heads, head_dim, emb_to_k, emb_to_v):
-    if kind == "faceid":
+    if BY_NAME[kind].face_branch == "sdpa":
         preview.record_untransformed(job, adapter, query, emb, heads, head_dim, emb_to_k)
         return
     try:

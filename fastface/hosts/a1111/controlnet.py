@@ -3,6 +3,9 @@ classes, and the ±1024 mark it puts on token 0 of every prompt row (cond / unco
 from __future__ import annotations
 
 import sys
+from typing import Optional
+
+from ..kinds import FACEID, PULID, AdapterKind, a1111_kind
 
 POSITIVE_MARK_TOKEN = 1024.0  # sd-webui-controlnet scripts/hook.py
 MARK_EPS = 1e-3
@@ -29,13 +32,18 @@ def plugable_ipadapter_classes() -> list[type]:
     return seen
 
 
+def adapter_kind(adapter) -> Optional[AdapterKind]:
+    """The identity-adapter kind of a live IP-Adapter (`hosts.kinds`), or None: left to the host."""
+    return a1111_kind(adapter)
+
+
 def is_faceid(adapter) -> bool:
-    return bool(getattr(getattr(adapter, "ipadapter", None), "is_faceid", False))
+    return adapter_kind(adapter) is FACEID
 
 
 def is_pulid(adapter) -> bool:
     """A PuLID unit (ipadapter_model.py L281: "pulid" in the model's file name); see `pulid.py`."""
-    return bool(getattr(getattr(adapter, "ipadapter", None), "is_pulid", False))
+    return adapter_kind(adapter) is PULID
 
 
 # -- rows -----------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """A1111: the entry points the script calls per pass and job."""
 from __future__ import annotations
 
-from ..common import Job, PatchSet, is_timestep_denoiser, is_timestep_sampler, no_face_note, track_timestep_count
+from ..common import (Job, PatchSet, is_timestep_denoiser, is_timestep_sampler, no_face_note, note_units,
+                      track_timestep_count)
 from ..readout import unapplied_units_note
 from . import pulid
 from .attention import identity_kind, install_attention
-from .controlnet import ip_adapters, is_pulid
+from .controlnet import adapter_kind, ip_adapters, is_pulid
 from .dcg import combine
 from .state import PassState
 
@@ -21,8 +22,10 @@ def _install_row_counter(job: Job, p, patches: PatchSet) -> None:
     patches.on_undo(unet.register_forward_pre_hook(count).remove)
 
 
-def _note_pulid_units(job: Job, adapters) -> None:
-    """The PuLID mode once per job (sd-webui-controlnet does not write it to the infotext)."""
+def _note_units(job: Job, adapters) -> None:
+    """The identity units the kind table names in a note, and the PuLID mode, once per job
+    (sd-webui-controlnet does not write it to the infotext)."""
+    note_units(job, [adapter_kind(a) for a in adapters])
     for adapter in adapters:
         if not is_pulid(adapter):
             continue
@@ -51,7 +54,7 @@ def start_pass(job: Job, p) -> None:
     adapters = ip_adapters(p)
     face = any(identity_kind(a) is not None for a in adapters)
     if job.passes == 0:
-        _note_pulid_units(job, adapters)
+        _note_units(job, adapters)
     if not face and job.passes == 0:
         # no IP-Adapter at all although a unit asked for one: sd-webui-controlnet dropped that unit
         dropped = None if adapters else unapplied_units_note(p, job.args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import recording
 from ..common import Job, log
+from .controlnet import adapter_kind
 
 
 def start_recording_pass(job: Job, p) -> None:
@@ -72,8 +73,9 @@ def _recorder(job: Job, adapter, rows: int, transform=None):
     if rec is None or st is None or part is None or not job.active:
         return None
     model = getattr(adapter, "ipadapter", None)
-    if not recording.adapter_ok(rec, adapter, bool(getattr(model, "is_plus", False)), getattr(model, "is_v2", None),
-                                pulid=bool(getattr(model, "is_pulid", False))):
+    kind = adapter_kind(adapter)
+    if kind is None or not recording.adapter_ok(rec, adapter, bool(getattr(model, "is_plus", False)),
+                                                getattr(model, "is_v2", None), kind=kind.name):
         return None
     start = max(0, -rec.call_offset)
     stop = min(rows, rec.full_rows - rec.call_offset)
@@ -85,7 +87,7 @@ def _recorder(job: Job, adapter, rows: int, transform=None):
 
 
 def record_untransformed(job: Job, adapter, query, emb, heads: int, head_dim: int, emb_to_k) -> None:
-    """A FaceID attn_eval call left to ControlNet's own code: record its untransformed map. The
+    """A plain-SDPA (FaceID-like) attn_eval call left to ControlNet's own code: record its untransformed map. The
     keys come from ControlNet's own `emb_to_k` (cached by it for the call that follows)."""
     try:
         recorder = _recorder(job, adapter, query.shape[0], None)

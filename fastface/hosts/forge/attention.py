@@ -12,7 +12,7 @@ from ...method.blocks import unet_part
 from .. import recording
 from ..common import Job
 from . import preview
-from .internals import at, attn2_patches, copy_patch, is_faceid_adapter, is_ip_patch, weight_power
+from .internals import adapter_kind, at, attn2_patches, copy_patch, is_ip_patch, weight_power
 from .state import ForgePass
 
 FULL_SIGMA_START = 999999999.0   # percent_to_sigma(0.0) = 999999999.9: no upper bound (backend/modules/k_prediction.py L161-165)
@@ -21,8 +21,9 @@ NO_SIGMA = 999999999.9           # the σ IPAdapterPlus.py L402 assumes when the
 
 # -- AM: the attn2 wrapper --------------------------------------------------------------------------
 class FaceAttn2Patch:
-    """Stands in for one IP-Adapter attn2 patch. FaceID adapters get the explicit face attention
-    with FastFace's transform on targeted parts and steps; anything else is the original call.
+    """Stands in for one IP-Adapter attn2 patch. Identity adapters (the kinds of `hosts.kinds`:
+    FaceID, …) get the explicit face attention with FastFace's transform on targeted parts and
+    steps; anything else is the original call.
 
     Per layer nothing is synchronised with the device and little is rebuilt: the transform comes
     from the job's cache (an int period as the softmask's groups), the face K/V projections are
@@ -34,8 +35,8 @@ class FaceAttn2Patch:
     def __init__(self, inner, job: Job):
         self.inner = inner
         self.job = job
-        self._split = None      # (adapter count, FaceID indices, patch without them or None)
-        self._kv = {}           # FaceID index -> (k_cond, k_uncond, v_cond, v_uncond), (1, T, C) each
+        self._split = None      # (adapter count, {identity index: kind}, patch without them)
+        self._kv = {}           # identity index -> (k_cond, k_uncond, v_cond, v_uncond), (1, T, C) each
 
     # Forge deep-copies model_options on every clone: share the adapter, own the lists.
     def __deepcopy__(self, memo):
@@ -55,12 +56,13 @@ class FaceAttn2Patch:
             return lambda *a, **k: FaceAttn2Patch(inner_to(*a, **k), self.job)
         return getattr(self.inner, attr)
 
-    def _faceid_split(self):
-        """(FaceID adapter indices, the patch without them), rebuilt only when the adapter list
-        changes. With no other adapter left that patch has empty lists: Forge's text attention."""
+    def _identity_split(self):
+        """({identity adapter index: its kind}, the patch without them), rebuilt only when the
+        adapter list changes. With no other adapter left that patch has empty lists: Forge's text
+        attention."""
         adapters = list(getattr(self.inner, "ipadapters", ()))
         if self._split is None or self._split[0] != len(adapters):
-            face = [i for i, a in enumerate(adapters) if is_faceid_adapter(a)]
+            face = {i: kind for i, kind in ((i, adapter_kind(a)) for i, a in enumerate(adapters)) if kind is not None}
             others = copy_patch(self.inner)
             keep = [i for i in range(len(adapters)) if i not in face]
             for attr, value in list(vars(others).items()):
@@ -70,7 +72,11 @@ class FaceAttn2Patch:
         return self._split[1], self._split[2]
 
     def has_face(self) -> bool:
-        return bool(self._faceid_split()[0])
+        return bool(self._identity_split()[0])
+
+    def kinds(self) -> list:
+        """The kinds (`hosts.kinds`) of this patch's identity adapters."""
+        return list(self._identity_split()[0].values())
 
     def weight_power(self) -> Optional[int]:
         """How the host's patch applies an "original" unit weight (w or w², `internals.weight_power`):
@@ -80,11 +86,11 @@ class FaceAttn2Patch:
     def __call__(self, n, context_attn2, value_attn2, extra_options):
         job = self.job
         st = job.current_pass
-        transform = None
+        transform = part = period = None
         if job.active and isinstance(st, ForgePass) and self.has_face():
             try:
                 part = unet_part(extra_options.get("block"))
-                if part is not None:
+                if part is not None:   # whether AM acts here (each adapter's own transform: _transformed)
                     period = self._groups(n.shape[0], extra_options)
                     transform = job.transforms.get(part, st.step, st.total, period)
             except Exception as exc:
@@ -95,7 +101,7 @@ class FaceAttn2Patch:
                 preview.record_untransformed(self, n, extra_options)
             return self.inner(n, context_attn2, value_attn2, extra_options)
         try:
-            out = self._transformed(n, context_attn2, value_attn2, extra_options, transform)
+            out = self._transformed(n, context_attn2, value_attn2, extra_options, part, period)
         except Exception as exc:
             job.fail("Forge face attention", exc)
             return self.inner(n, context_attn2, value_attn2, extra_options)
@@ -119,9 +125,9 @@ class FaceAttn2Patch:
         if weight_type.startswith("original") and self.weight_power() is None:
             return "an IP-Adapter whose unit weight FastFace could not measure"
         if at(getattr(inner, "masks", None), index, None) is not None:
-            return "an attention mask on the FaceID unit"
+            return "an attention mask on the identity unit"
         if at(getattr(inner, "unfold_batch", None), index, False):
-            return "unfold batch on the FaceID unit"
+            return "unfold batch on the identity unit"
         if extra_options.get("ad_params") is not None:
             return "AnimateDiff context windows"
         return None
@@ -167,16 +173,16 @@ class FaceAttn2Patch:
             st.windows[key] = ((s <= start) & (s >= end)).to(torch.float32)
         return st.windows[key]
 
-    def _transformed(self, q, k, v, extra_options, transform):
+    def _transformed(self, q, k, v, extra_options, part: str, period: Optional[int]):
         inner, job, st = self.inner, self.job, self.job.current_pass
-        face, others = self._faceid_split()
+        face, others = self._identity_split()
         for i in face:
             reason = self._supported(i, extra_options)
             if reason is not None:
                 job.note(f"attention transform skipped: {reason} is not supported on Forge")
                 return None
         # Text branch and the other adapters through Forge's own code: the patch without its
-        # FaceID adapters; with none left, Forge's attention alone (called without σ, which the
+        # identity adapters; with none left, Forge's attention alone (called without σ, which the
         # patch would read with `.item()` only to gate adapters it no longer has).
         if len(face) < self._split[0]:
             out = others(q, k, v, extra_options)
@@ -189,10 +195,12 @@ class FaceAttn2Patch:
         per_chunk = rows // len(labels)
         qh = q.view(rows, tokens, heads, width // heads).transpose(1, 2)
         counted = False
-        for i in face:
+        for i, kind in face.items():
             window = self._window(i, extra_options, st)
             if isinstance(window, float) and window == 0.0:
                 continue
+            # per kind: *Invert first token* applies only where token 0 may be a background token
+            transform = job.transforms.get(part, st.step, st.total, period, background_token=kind.background_token)
             weight = float(at(inner.weights, i, 1.0))     # a Python number (the unit's weight)
             linear = str(at(getattr(inner, "weight_type", None), i, "original")).startswith("linear")
             kh, vh = self._face_kv(i, labels, per_chunk, heads, q.dtype)
@@ -210,9 +218,9 @@ class FaceAttn2Patch:
                 face_out = face_out * window.to(face_out.dtype)
             else:
                 counted = True            # the trace counts layers known on the host to be inside
+                job.am_adapters[kind.name] += 1
             out = out + face_out.to(out.dtype)
         if counted:
-            part = unet_part(extra_options.get("block"))
             job.layer_part = part
             job.am_calls[(st.index, st.step, part)] += 1
         return out.to(q.dtype)

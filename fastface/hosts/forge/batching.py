@@ -3,6 +3,9 @@
 On a step that needs them, the pre-CFG function (`dcg`) picks a plan (`id_plan`) and the
 `model_function_wrapper` installed here carries it out inside `calc_cond_uncond_batch`: the
 negative rows relabelled COND (two branches), or a COND copy of them appended (three branches).
+Where the ControlNets read the labels (InstantID's IdentityNet gets the face tokens as its context
+on COND rows only), the id-only rows' ControlNet signal is recomputed as a COND chunk gets it,
+since Forge computes the signal before the wrapper runs.
 """
 from __future__ import annotations
 
@@ -85,6 +88,14 @@ def _append_rows(value, rows: int, start: int, stop: int):
     return value
 
 
+def _negative_rows(args) -> tuple[int, int]:
+    """[start, stop): the rows of the call's negative (UNCOND) chunk."""
+    labels = list(args["cond_or_uncond"])
+    per_chunk = args["input"].shape[0] // len(labels)
+    start = labels.index(UNCOND) * per_chunk
+    return start, start + per_chunk
+
+
 def _with_id_rows(args) -> tuple[dict, int]:
     """The wrapper's arguments plus one chunk: a copy of the negative (UNCOND) chunk labelled
     COND, i.e. the id-only rows. Returns (new args, rows of the original call)."""
@@ -92,8 +103,7 @@ def _with_id_rows(args) -> tuple[dict, int]:
     x = args["input"]
     rows = x.shape[0]
     per_chunk = rows // len(labels)
-    start = labels.index(UNCOND) * per_chunk
-    stop = start + per_chunk
+    start, stop = _negative_rows(args)
     c = {}
     for key, value in args["c"].items():
         if key in ("transformer_options", "control_model"):
@@ -115,6 +125,89 @@ def _with_id_rows(args) -> tuple[dict, int]:
     return new, rows
 
 
+# -- a ControlNet that reads the labels: InstantID's IdentityNet ---------------------------------------
+def _control_reads_labels(c) -> bool:
+    """Forge computes the ControlNet signal *before* `model_function_wrapper` (sampling_function.py
+    L261-268), from the host's labels. Where a conditioning modifier of the ControlNets makes the
+    signal depend on them — InstantID's, which gives IdentityNet the face tokens on COND rows and
+    Resampler(0) on UNCOND rows (IPAdapterPlus.py L734-741; Forge applies it to every ControlNet
+    unit, backend/patcher/controlnet.py L292-296) — the relabelled or appended id-only rows need the
+    signal a COND chunk gets."""
+    options = c.get("transformer_options") or {}
+    return c.get("control_model") is not None and bool(options.get("controlnet_conditioning_modifiers"))
+
+
+def _rows_of(value, rows: int, start: int, stop: int):
+    """Rows [start, stop) of every per-row tensor in `value` (as `_append_rows` finds them)."""
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.dim() > 0 and value.shape[0] == rows else value
+    if isinstance(value, dict):
+        return {k: _rows_of(v, rows, start, stop) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rows_of(v, rows, start, stop) for v in value)
+    return value
+
+
+def _control_as_cond(args, start: int, stop: int):
+    """The ControlNet signal of the call's rows [start, stop) as one COND chunk gets it: the chain's
+    own `get_control` on those rows alone, with the transformer options Forge sets for such a chunk
+    (L253-266: labels, `cond_mark` 0, indices), put on every ControlNet of the chain for the call
+    and put back after it."""
+    c, x = args["c"], args["input"]
+    rows, per_chunk = x.shape[0], stop - start
+    options = dict(c["transformer_options"])
+    options["cond_or_uncond"] = [COND]
+    if isinstance(options.get("cond_mark"), torch.Tensor):
+        options["cond_mark"] = torch.zeros_like(options["cond_mark"][start:stop])
+    if "cond_indices" in options:
+        options["cond_indices"], options["uncond_indices"] = list(range(per_chunk)), []
+    sub = {k: _rows_of(v, rows, start, stop) for k, v in c.items() if k not in ("transformer_options", "control",
+                                                                                  "control_model")}
+    sub["transformer_options"] = options
+    chain, node = [], c["control_model"]
+    while node is not None and len(chain) < 64:
+        chain.append((node, getattr(node, "transformer_options", None)))
+        node.transformer_options = options
+        node = getattr(node, "previous_controlnet", None)
+    try:
+        return c["control_model"].get_control(x[start:stop], args["timestep"][start:stop], sub, 1)
+    finally:
+        for node, previous in chain:
+            node.transformer_options = previous
+
+
+def _spliced(control, id_control, rows: int, start: int, stop: int, append: bool):
+    """The call's ControlNet signals ({"input": [...], "middle": [...], …}, per-row tensors or None)
+    with rows [start, stop) replaced by `id_control`'s (or `id_control`'s appended: `append`)."""
+    if control is None and id_control is None:
+        return None
+    out = {}
+    for key, signals in control.items():
+        new = []
+        for i, signal in enumerate(signals):
+            mine = id_control[key][i]
+            if signal is None and mine is None:
+                new.append(None)
+            elif isinstance(signal, torch.Tensor) and isinstance(mine, torch.Tensor) and signal.shape[0] == rows \
+                    and mine.shape[0] == stop - start:
+                new.append(torch.cat([signal, mine]) if append else torch.cat([signal[:start], mine, signal[stop:]]))
+            else:
+                raise ValueError(f"a ControlNet signal FastFace cannot split by rows ({key} {i})")
+        out[key] = new
+    return out
+
+
+def _with_cond_control(new: dict, args, start: int, stop: int, append: bool) -> dict:
+    """`new` (the wrapper's changed arguments) with the id-only rows' ControlNet signal as a COND
+    chunk gets it, where the ControlNets read the labels (`_control_reads_labels`)."""
+    c = args["c"]
+    if not _control_reads_labels(c):
+        return new
+    control = _spliced(c.get("control"), _control_as_cond(args, start, stop), args["input"].shape[0], start, stop,
+                       append)
+    return dict(new, c=dict(new["c"], control=control))
+
+
 def _make_unet_wrapper(job: Job, st: ForgePass):
     """Forge's `model_function_wrapper`: on steps with a plan, the id-only rows join the call that
     carries the negative chunk; otherwise (and for every other call, e.g. SAG's or PAG's extra
@@ -131,12 +224,13 @@ def _make_unet_wrapper(job: Job, st: ForgePass):
         if plan is None or not job.active or job.current_pass is not st or UNCOND not in args["cond_or_uncond"]:
             return run(args)
         try:
+            start, stop = _negative_rows(args)
             if plan == ID_IN_UNCOND:
-                out = run(_relabelled(args))
+                out = run(_with_cond_control(_relabelled(args), args, start, stop, append=False))
                 st.id_x0 = True          # the uncond prediction of this step is ε_id
                 return out
             new, rows = _with_id_rows(args)
-            out = run(new)
+            out = run(_with_cond_control(new, args, start, stop, append=True))
             st.id_x0 = out[rows:]
             return out[:rows]
         except Exception as exc:   # e.g. out of memory with the extra rows: Forge's own call

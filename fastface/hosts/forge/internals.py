@@ -1,6 +1,6 @@
 """Forge's internals, found by duck typing: the samplers' batch function, the built-in IP-Adapter's
-attn2 patches, its FaceID adapters and how its patch applies a unit's weight. Nothing here changes
-anything."""
+attn2 patches, its identity adapters (their kinds: `hosts.kinds`) and how its patch applies a
+unit's weight. Nothing here changes anything."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,8 @@ from typing import Callable, Optional
 
 import torch
 
-FACEID_PROJECTIONS = ("ProjModelFaceIdPlus", "MLPProjModelFaceId")  # IPAdapterPlus.py L80, L101
+from ..kinds import FACEID, AdapterKind, forge_kind
+
 IP_PATCH_ATTRS = ("ipadapters", "conds", "unconds", "weights", "k_key", "v_key")
 CALC_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
 
@@ -56,12 +57,19 @@ def is_ip_patch(value) -> bool:
     return callable(value) and all(hasattr(value, a) for a in IP_PATCH_ATTRS)
 
 
+def adapter_kind(adapter) -> Optional[AdapterKind]:
+    """The identity-adapter kind of one of a patch's adapters (`hosts.kinds`), or None: Forge's own."""
+    return forge_kind(adapter)
+
+
 def is_faceid_adapter(adapter) -> bool:
     """FaceID / FaceID-Plus(-v2) / Portrait: Forge builds them with a FaceID image projection."""
-    flag = getattr(adapter, "is_faceid", None)
-    if isinstance(flag, bool):
-        return flag
-    return type(getattr(adapter, "image_proj_model", None)).__name__ in FACEID_PROJECTIONS
+    return adapter_kind(adapter) is FACEID
+
+
+def is_identity_adapter(adapter) -> bool:
+    """An adapter of a kind FastFace knows (`hosts.kinds`): its face branch is FastFace's."""
+    return adapter_kind(adapter) is not None
 
 
 def attn2_patches(model_options) -> dict:

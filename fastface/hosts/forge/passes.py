@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import Job, is_timestep_sampler, log, no_face_note, track_timestep_count
+from ..common import Job, is_timestep_sampler, log, no_face_note, note_units, track_timestep_count
 from ..readout import unapplied_units_note
 from .attention import clone_unet
 from .dcg import install_dcg
@@ -107,6 +107,7 @@ def _start_pass(job: Job, p) -> None:
     unet = clone_unet(source, job)
     patches = [v for v in attn2_patches(unet.model_options).values() if getattr(v, "_fastface_wrapper", False)]
     st.face = any(v.has_face() for v in patches)
+    note_units(job, dict.fromkeys(kind for v in patches for kind in v.kinds()))
     for patch in patches:   # measured here, at set-up, so that no layer call reads a tensor for it
         if patch.has_face():
             patch.weight_power()

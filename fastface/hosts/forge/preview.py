@@ -1,4 +1,4 @@
-""""Show face attention" on Forge: the recorder of a FaceID adapter's attn2 call, the map of a call
+""""Show face attention" on Forge: the recorder of an identity adapter's attn2 call, the map of a call
 left to Forge's own code, and the pass's id-only evaluation kept out of the recording. The rest is
 `hosts.recording`.
 
@@ -14,7 +14,7 @@ import torch
 from ...method.blocks import unet_part
 from .. import recording
 from ..common import Job
-from .internals import at, is_faceid_adapter
+from .internals import adapter_kind, at
 
 
 def start_recording_pass(job: Job, p) -> None:
@@ -35,7 +35,7 @@ def _mark_id_branch(job: Job, rec: recording.Recording, st, p) -> None:
 
 
 def recorder(job: Job, adapter, rows: int, extra_options, transform=None):
-    """The `recorder=` for one FaceID adapter in a Forge attn2 call, or None."""
+    """The `recorder=` for one identity adapter in a Forge attn2 call, or None."""
     try:
         return _recorder(job, adapter, rows, extra_options, transform)
     except Exception as exc:
@@ -55,7 +55,9 @@ def _recorder(job: Job, adapter, rows: int, extra_options, transform=None):
     shape = extra_options.get("original_shape")
     if part is None or 0 not in chunks or not shape or len(shape) < 4:
         return None
-    if not recording.adapter_ok(rec, adapter, bool(getattr(adapter, "is_plus", False)), getattr(adapter, "is_v2", None)):
+    kind = adapter_kind(adapter)
+    if kind is None or not recording.adapter_ok(rec, adapter, bool(getattr(adapter, "is_plus", False)),
+                                                getattr(adapter, "is_v2", None), kind=kind.name):
         return None
     per_chunk = rows // len(chunks)
     start = chunks.index(0) * per_chunk
@@ -65,7 +67,7 @@ def _recorder(job: Job, adapter, rows: int, extra_options, transform=None):
 
 
 def record_untransformed(patch, q: torch.Tensor, extra_options) -> None:
-    """A Forge attn2 call FastFace leaves to Forge's own code: record the first FaceID adapter's
+    """A Forge attn2 call FastFace leaves to Forge's own code: record the first identity adapter's
     untransformed map from the same q and its face keys (built as `FaceAttn2Patch._transformed`
     builds them: per chunk cond / uncond embedding, K scaled by the weight for 'linear')."""
     try:
@@ -81,7 +83,7 @@ def _record_untransformed(patch, q: torch.Tensor, extra_options) -> None:
         return
     inner = patch.inner
     adapters = list(getattr(inner, "ipadapters", ()))
-    face = [i for i, a in enumerate(adapters) if is_faceid_adapter(a)]
+    face = [i for i, a in enumerate(adapters) if adapter_kind(a) is not None]
     if not face:
         return
     i = face[0]
