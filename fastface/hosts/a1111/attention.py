@@ -8,7 +8,7 @@ from typing import Optional
 from ...method.attention import ip_attention
 from ...method.blocks import unet_part
 from .. import recording
-from ..common import Job, PatchSet
+from ..common import IN_FACE_BRANCH, Job, PatchSet
 from . import preview, pulid
 from .controlnet import is_faceid, is_pulid, plugable_ipadapter_classes
 
@@ -30,7 +30,7 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
                 images = st.images if hidden_states.shape[0] % st.images == 0 else None
                 transform = job.transforms.get(part, st.step, st.total, images, background_token=kind != "pulid")
             except Exception as exc:
-                job.fail("A1111 attention transform", exc)
+                job.fail_in_call("A1111 attention transform", exc, IN_FACE_BRANCH)
         args = (hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
         if transform is None:
             if job.recording is not None and kind is not None:   # "Show face attention" only
@@ -42,9 +42,9 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
             job.am_adapters[kind] += 1
             return out
         except Exception as exc:
-            job.fail("A1111 face attention", exc)
             if isinstance(getattr(self, "cache", None), dict):
                 self.cache.clear()   # the host's own code must not find FastFace's k/v
+            job.fail_in_call("A1111 face attention", exc, IN_FACE_BRANCH)   # out of memory: the step again
             return original(self, *args)
     return attn_eval
 
