@@ -10,7 +10,7 @@ import torch
 from fastface.hosts.a1111 import attention as a1111_attention
 from fastface.hosts.common import NOTE_KEY, PatchSet
 
-from test_out_of_memory_a1111 import MEMORY_WORDS, OOM, REALISTIC, fresh_results, host, job  # noqa: F401
+from test_out_of_memory_a1111 import MEMORY_WORDS, OOM, REALISTIC, first_results, fresh_results, host, job  # noqa: F401
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "webui", "fault_injection"))
 import fastface_faults  # noqa: E402
@@ -37,7 +37,7 @@ def test_spec():
 @pytest.mark.parametrize("spec,place", [("face:2", "the face branch"),
                                         ("dcg:1", "the UNet call that carries DCG's extra rows")])
 def test_fastfaces_own_points_give_the_image_and_the_note(host, spec, place):
-    before = fresh_results(host)
+    before = first_results(host)
     original = a1111_attention.ip_attention
     _, _, _, p = job(host, REALISTIC, scripts=with_faults(spec))
     assert p.extra_generation_params[fastface_faults.INFOTEXT_KEY] == f"{spec} raised"

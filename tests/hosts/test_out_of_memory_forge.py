@@ -39,6 +39,16 @@ def fresh_results():
             "am": on(SCALE_POWER), "off": Run(REALISTIC, cfg=CFG, fastface=False).sample()}
 
 
+_FIRST: dict = {}
+
+
+def first_results():
+    """`fresh_results` of the first test that asks (the stand-ins are seeded: every test's are the same)."""
+    if not _FIRST:
+        _FIRST.update(fresh_results())
+    return dict(_FIRST)
+
+
 def assert_nothing_left(before):
     assert not PatchSet.live
     after = fresh_results()
@@ -63,7 +73,7 @@ def spy_on_denoiser(run):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_oom_in_the_unet_call_with_dcg_rows_gives_forges_step(forge_env, faults, batch):
-    before = fresh_results()
+    before = first_results()
     run = Run(REALISTIC, cfg=CFG, batch=batch)
     calls, results = spy_on_denoiser(run)
     seen = faults.raise_on(run.model.diffusion_model, "forward", lambda n, x, *a, **k: x.shape[0] == 3 * batch)
@@ -95,7 +105,7 @@ def test_oom_in_the_unet_call_with_dcg_rows_gives_forges_step(forge_env, faults,
 def test_oom_in_the_face_branch_gives_forges_step(forge_env, faults, args):
     """The second face-branch call is in the same UNet call as the first (step 0, down then up):
     the step is Forge's own, not half transformed, and so is every later one."""
-    before = fresh_results()
+    before = first_results()
     if args.show_attention:
         seen = faults.raise_on(AttentionRecorder, "add", lambda n, *a, **k: n == 2)
     else:
@@ -118,7 +128,7 @@ def test_oom_in_the_face_branch_gives_forges_step(forge_env, faults, args):
 
 @pytest.mark.parametrize("args", [REALISTIC, SCALE_POWER], ids=["dcg-step-without-extra-rows", "am-only"])
 def test_forges_own_oom_goes_through_and_leaves_nothing(forge_env, faults, args):
-    before = fresh_results()
+    before = first_results()
     run = Run(args, cfg=CFG)
     seen = faults.raise_on(run.model.diffusion_model, "forward", lambda n, *a, **k: n == 1)
     start(run)
