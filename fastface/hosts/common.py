@@ -18,6 +18,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
+
 from ..method.attention import KernelSwitch
 from ..method.transforms import TransformCache
 from ..config import FastFaceArgs, Issue
@@ -95,6 +97,53 @@ def not_applied_note(models: list[str], args: FastFaceArgs, readout_runs: bool) 
 
 def rejected_note(issue: Issue) -> str:
     return f"rejected {issue.field} ({issue.message})"
+
+
+# -- out of memory ---------------------------------------------------------------------------------
+# torch ≥ 2.5 has torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class there);
+# older torch only the CUDA one. One tuple for `except` and `isinstance`.
+OUT_OF_MEMORY: tuple = tuple(dict.fromkeys(
+    cls for cls in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    if isinstance(cls, type)))
+# Where FastFace's own memory ran out (the note names it; each has its own advice)
+IN_FASTFACE = "its own work"
+IN_FACE_BRANCH = "the face branch"
+IN_EXTRA_ROWS = "the UNet call that carries DCG's extra rows"
+IN_DCG = "DCG's id-only branch and combination"
+IN_PREVIEW = "the face attention preview"
+IN_READOUT = "the likeness readout"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, OUT_OF_MEMORY)
+
+
+def free_cached_memory() -> None:
+    """Give the allocator's cached blocks back after an out-of-memory error, only where CUDA is
+    already in use (never initialise it). Call it after the `except` block: until then the
+    traceback keeps the failed attempt's tensors alive."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def out_of_memory_note(place: str, args: FastFaceArgs) -> str:
+    """The note of a job whose own memory ran out: where, that FastFace is off, what to try.
+    DCG's extra rows are named only where they cost memory (the rows call; the face branch runs
+    on every row, so fewer rows help there too)."""
+    if place in (IN_EXTRA_ROWS, IN_DCG):
+        advice = ["a preset without DCG"]
+    elif place == IN_READOUT:
+        advice = ["the likeness readout off"]
+    else:   # the face branch (and its preview) runs on every row of the call; anything else of FastFace's
+        advice = (["a preset without DCG"] if args.dcg else []) \
+            + (["Show face attention off"] if args.show_attention else [])
+    # a comma, not a semicolon: "; " separates the notes in the infotext
+    return (f"FastFace ran out of GPU memory in {place} and turned itself off for the rest of this generation: "
+            f"try {_or_listed(advice + ['a smaller batch', 'a smaller size'])}")
+
+
+def _or_listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 class PatchSet:
@@ -223,6 +272,8 @@ class Job:
     issues: list[Issue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failed: Optional[str] = None      # set by `fail`: FastFace is off for the rest of the job
+    out_of_memory: Optional[str] = None   # set by `fail` when it was FastFace's memory: where (IN_*)
+    in_denoiser_call: bool = False    # inside a denoiser call `guard_denoiser` makes again on an OOM
     patches: Optional[PatchSet] = None
     # trace: UNet rows and UNet calls per (pass, step), face-attention transforms per (pass, step, part)
     rows: dict = field(default_factory=lambda: defaultdict(int))
@@ -256,19 +307,44 @@ class Job:
             self.notes.append(text)
             log.info(text)
 
-    def fail(self, where: str, exc: BaseException) -> None:
-        """Turn FastFace off for this job after an internal error; the image still comes out."""
+    def fail(self, where: str, exc: BaseException, place: str = IN_FASTFACE) -> None:
+        """Turn FastFace off for this job after an internal error; the image still comes out.
+
+        An out-of-memory error gets its own note (`place`: where FastFace's memory ran out, one
+        of the IN_* names) instead of "internal error", and FastFace drops what it holds."""
         if self.failed is None:
             self.failed = f"{where}: {type(exc).__name__}: {exc}"
-            log.error("internal error in %s (%s: %s); FastFace is off for the rest of this job",
-                      where, type(exc).__name__, exc)
+            if is_out_of_memory(exc):
+                self.out_of_memory = place
+                text = out_of_memory_note(place, self.args)
+                self.notes.append(text)
+                log.error("%s (%s: %s)", text, where, type(exc).__name__)
+            else:
+                log.error("internal error in %s (%s: %s); FastFace is off for the rest of this job",
+                          where, type(exc).__name__, exc)
         if self.patches is not None:
             self.patches.undo()
+        if self.out_of_memory is not None:
+            self.drop_held()
+
+    def fail_in_call(self, where: str, exc: BaseException, place: str = IN_FASTFACE) -> None:
+        """`fail` for FastFace's work inside a model call. An out-of-memory error is raised on
+        when `guard_denoiser` is around the call: it unwinds the call (freeing its rows at once)
+        and the guard makes the call again the host's own way. Elsewhere, or for another error,
+        the caller goes on with the host's code as after `fail`."""
+        self.fail(where, exc, place)
+        if self.in_denoiser_call and is_out_of_memory(exc):
+            raise exc
+
+    def drop_held(self) -> None:
+        """Forget what FastFace holds for this job: the recorded maps and the transform cache."""
+        self.recording = None
+        self._transforms = None
 
     def infotext_params(self) -> dict[str, str]:
         params = {INFOTEXT_KEY: to_infotext(self.args)}
         notes = list(self.notes)
-        if self.failed:
+        if self.failed and self.out_of_memory is None:   # out of memory has its own note
             notes.append("turned off after an internal error")
         notes += [rejected_note(i) for i in self.issues if i.rejected]
         if notes:
@@ -292,16 +368,70 @@ class Job:
         return json.dumps(trace, separators=(",", ":"))
 
 
-def guarded(where: str, fallback: Callable[..., Any] | None = None):
+def guarded(where: str, fallback: Callable[..., Any] | None = None, place: str = IN_FASTFACE):
     """Decorator for host hooks that receive the job first: an exception turns FastFace off for
-    the job (one log line) and returns `fallback(*args)` (or None), so the generation goes on."""
+    the job (one log line) and returns `fallback(*args)` (or None), so the generation goes on.
+    `place`: what an out-of-memory error there is called in the note."""
     def wrap(fn):
         @functools.wraps(fn)
         def inner(job: Job, *args, **kwargs):
             try:
                 return fn(job, *args, **kwargs)
             except Exception as exc:
-                job.fail(where, exc)
+                job.fail(where, exc, place)
                 return fallback(*args, **kwargs) if fallback is not None else None
         return inner
     return wrap
+
+
+def guard_denoiser(job: Job, patches: PatchSet, den: Any, st: StepTracker,
+                   extra_rows: Callable[[], bool] = lambda: False,
+                   before_host_call: Callable[[], None] = lambda: None) -> bool:
+    """Out of memory inside a model call: FastFace's, or the host's.
+
+    Patches this pass's CFG denoiser (`den.forward`, an instance attribute: A1111's and Forge's
+    samplers call the denoiser module, whose `__call__` runs `self.forward`). An out-of-memory
+    error in a call is FastFace's when FastFace turned itself off for it during the call (its
+    face branch, its combination, its own UNet call: `Job.fail_in_call`) or when the call carries
+    FastFace's extra rows (`extra_rows()`, asked only if this call reached the host's row
+    arrangement, i.e. `st` counted it). Then FastFace is off (patches undone), the failed
+    attempt's memory is given back, and the call is made again through the host's own forward,
+    which lays out and evaluates its own rows: the step is the host's, in the shape it expects.
+    Any other out-of-memory error is the host's: FastFace undoes its patches and lets it through.
+
+    Per call: one Python frame, a try and two attribute stores; nothing on the device.
+    Returns False (nothing installed) for a denoiser that is not a torch module."""
+    original = getattr(den, "forward", None)
+    if getattr(original, "_fastface_guard", False):   # this denoiser's pass was set up twice (Forge's hires)
+        return True
+    if not isinstance(den, torch.nn.Module) or not callable(original):
+        log.info("the sampler's CFG denoiser is not a torch module: an out-of-memory error inside FastFace's "
+                 "work falls back layer by layer (no recomputed step)")
+        return False
+
+    def forward(*args, **kwargs):
+        if not job.active:   # off since an earlier call: the host's call as it is
+            return original(*args, **kwargs)
+        calls = st.calls
+        job.in_denoiser_call = True
+        try:
+            return original(*args, **kwargs)
+        except OUT_OF_MEMORY as exc:
+            ours = job.out_of_memory is not None or (st.calls != calls and extra_rows())
+            if not ours:
+                job.drop_held()
+                if job.patches is not None:
+                    job.patches.undo()
+                log.error("the WebUI ran out of memory in its own work (%s); FastFace undid its patches", exc)
+                raise
+            job.fail("the denoiser call", exc, IN_EXTRA_ROWS)   # a no-op where the face branch failed first
+        finally:
+            job.in_denoiser_call = False
+        # outside the `except`: the traceback (and the failed attempt's tensors) is gone
+        free_cached_memory()
+        before_host_call()
+        return original(*args, **kwargs)
+
+    forward._fastface_guard = True
+    patches.setattr(den, "forward", forward)
+    return True

@@ -39,7 +39,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..views import likeness
-from .common import log, not_applied_note
+from .common import IN_READOUT, OUT_OF_MEMORY, free_cached_memory, log, not_applied_note
 from .kinds import FACEID, INSTANTID_EMBEDDING_MODULES, PULID, unit_kinds
 
 ID_KEY = "FastFace ID"
@@ -90,8 +90,14 @@ def on_image(p, image) -> None:
         state.seconds.append(time.perf_counter() - started)
         key = (int(getattr(p, "iteration", 0) or 0), int(getattr(p, "batch_index", 0) or 0))
         state.values[key] = likeness.format_score(score)
+    except OUT_OF_MEMORY as exc:   # FastFace's memory: the readout and FastFace off for the rest of the job
+        state.off, state.model, state.reference = "out of memory", None, None
+        job.fail("the likeness readout", exc, IN_READOUT)
     except Exception as exc:  # never fail the generation, never touch the image
         _stop(state, job, f"likeness readout skipped after an error ({type(exc).__name__}: {exc})")
+        return
+    if state.off == "out of memory":   # after the `except`: the failed attempt's tensors are freed
+        free_cached_memory()
 
 
 def finish(p) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from ..method.attention import face_probs_token_major, ip_attention, transform_token_major
 from ..views.attnmaps import AttentionRecorder, token_layout
-from .common import Job, log
+from .common import IN_PREVIEW, Job, is_out_of_memory, log
 from .kinds import BY_NAME, FACEID
 
 PASS_NAMES = {0: "base pass", 1: "hires pass"}
@@ -100,7 +100,11 @@ def adapter_ok(rec: Recording, adapter, plus: bool, v2: Optional[bool], kind: st
 
 
 def give_up(job: Job, exc: BaseException) -> None:
-    """A recording error stops the recording for the job (one log line); the images are untouched."""
+    """A recording error stops the recording for the job (one log line); the images are untouched.
+    Out of memory is FastFace's memory: FastFace turns off (`Job.fail_in_call`)."""
+    if is_out_of_memory(exc):
+        job.fail_in_call("Show face attention", exc, IN_PREVIEW)
+        return
     if getattr(job, "recording", None) is not None:
         log.error("Show face attention: recording stopped (%s: %s)", type(exc).__name__, exc)
         job.recording = None

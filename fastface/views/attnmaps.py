@@ -36,6 +36,10 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+# out of memory (torch.cuda's class before torch 2.5, the same class after): not the preview's to
+# swallow, the host code turns FastFace off and redoes the step (views import nothing of FastFace,
+# so not fastface.hosts.common.OUT_OF_MEMORY)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 log = logging.getLogger("fastface")
 PARTS = ("down", "mid", "up")
 DEFAULT_MAP_SIDE = 64
@@ -146,6 +150,8 @@ class AttentionRecorder:
             try:
                 self.add(before, after, pass_index=pass_index, step=step, part=part, latent_hw=latent_hw,
                          rows=rows, first_image=first_image, label=label)
+            except _OUT_OF_MEMORY:
+                raise
             except Exception as exc:  # a preview must never cost the image: stop recording, say why
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.error("Show face attention: recording stopped (%s)", self.error)

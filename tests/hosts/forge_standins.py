@@ -219,20 +219,22 @@ class CFGDenoiserParams:  # modules/script_callbacks.py L45-69
     denoiser: object = None
 
 
-class CFGDenoiser:
-    """Mirrors `CFGDenoiser.forward` (L156-228): call the cfg_denoiser callbacks with the
-    un-batched inputs, read x / sigma / conds back, sample through the UNet patcher that
-    `p.sd_model.forge_objects.unet` holds *now*, count `self.step` per call (L222).
-    `steps` / `total_steps` are set by `launch_sampling` (sd_samplers_common.py L274-276)."""
+class CFGDenoiser(torch.nn.Module):
+    """Mirrors `CFGDenoiser(torch.nn.Module).forward` (L34, L156-228): call the cfg_denoiser
+    callbacks with the un-batched inputs, read x / sigma / conds back, sample through the UNet
+    patcher that `p.sd_model.forge_objects.unet` holds *now*, count `self.step` per call (L222).
+    The samplers call the module (`__call__` runs `self.forward`). `steps` / `total_steps` are
+    set by `launch_sampling` (sd_samplers_common.py L274-276)."""
 
     def __init__(self, p, callbacks):
+        super().__init__()
         self.p = p
         self.callbacks = callbacks
         self.step = 0
         self.steps = None
         self.total_steps = None
 
-    def __call__(self, x, sigma, cond, uncond, cond_scale):
+    def forward(self, x, sigma, cond, uncond, cond_scale):
         params = CFGDenoiserParams(x, None, sigma, 0, self.steps, cond, uncond, self)
         for callback in self.callbacks:
             callback(params)

@@ -8,7 +8,7 @@ from typing import Optional
 from ...method.attention import ip_attention
 from ...method.blocks import unet_part
 from .. import recording
-from ..common import Job, PatchSet
+from ..common import IN_FACE_BRANCH, Job, PatchSet
 from . import preview, pulid
 from ..kinds import BY_NAME
 from .controlnet import adapter_kind, plugable_ipadapter_classes
@@ -32,7 +32,7 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
                 transform = job.transforms.get(part, st.step, st.total, images,
                                                background_token=BY_NAME[kind].background_token)
             except Exception as exc:
-                job.fail("A1111 attention transform", exc)
+                job.fail_in_call("A1111 attention transform", exc, IN_FACE_BRANCH)
         args = (hidden_states, query, cond_uncond_image_emb, attn_heads, head_dim, emb_to_k, emb_to_v)
         if transform is None:
             if job.recording is not None and kind is not None:   # "Show face attention" only
@@ -44,9 +44,9 @@ def _patched_attn_eval(job: Job, original, transform_layers: bool):
             job.am_adapters[kind] += 1
             return out
         except Exception as exc:
-            job.fail("A1111 face attention", exc)
             if isinstance(getattr(self, "cache", None), dict):
                 self.cache.clear()   # the host's own code must not find FastFace's k/v
+            job.fail_in_call("A1111 face attention", exc, IN_FACE_BRANCH)   # out of memory: the step again
             return original(self, *args)
     return attn_eval
 

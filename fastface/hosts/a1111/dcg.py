@@ -8,7 +8,7 @@ import torch
 
 from ...method.guidance import dcg_eps, dcg_x0
 from ...method.schedule import alpha_beta, branches_needed, rescale_phi
-from ..common import CFG_PP_NOTE, Job, guarded
+from ..common import CFG_PP_NOTE, IN_DCG, IN_EXTRA_ROWS, Job, guarded
 from . import preview
 from .controlnet import crossattn, is_marked, with_positive_mark
 from .state import PassState, sampler_step
@@ -55,7 +55,7 @@ def _empty_prompt():
     return getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
 
 
-@guarded("A1111 on_cfg_denoiser")
+@guarded("A1111 on_cfg_denoiser", place=IN_EXTRA_ROWS)   # building the extra rows may run out
 def _arrange_rows(job: Job, st: PassState, params) -> None:
     den = params.denoiser
     step, total = sampler_step(st, den)
@@ -124,7 +124,7 @@ def combine(job: Job, st: PassState, original, x_out, conds_list, uncond, cond_s
             return dcg_eps(uncond_out, id_only, full, alpha, beta, st.phi)
         return dcg_x0(st.x, st.sigma, uncond_out, id_only, full, alpha, beta, st.phi)
     except Exception as exc:  # never fail the generation: stock CFG for the rest of the job
-        job.fail("A1111 DCG combination", exc)
+        job.fail_in_call("A1111 DCG combination", exc, IN_DCG)
         st.layout = None
         return original(x_out, conds_list, uncond, cond_scale)
 

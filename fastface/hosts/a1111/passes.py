@@ -1,8 +1,8 @@
 """A1111: the entry points the script calls per pass and job."""
 from __future__ import annotations
 
-from ..common import (Job, PatchSet, is_timestep_denoiser, is_timestep_sampler, no_face_note, note_units,
-                      track_timestep_count)
+from ..common import (Job, PatchSet, guard_denoiser, is_timestep_denoiser, is_timestep_sampler, no_face_note,
+                      note_units, track_timestep_count)
 from ..readout import unapplied_units_note
 from . import pulid
 from .attention import identity_kind, install_attention
@@ -35,6 +35,12 @@ def _note_units(job: Job, adapters) -> None:
         else:
             job.note(f"PuLID unit: mode {pulid.mode_name(setting)} ({setting.num_zero} zero tokens, projection "
                      f"{pulid.projection_name(setting)}), Invert first token does not apply to PuLID")
+
+
+def _clear_kv_caches(adapters) -> None:
+    for adapter in adapters:
+        if isinstance(getattr(adapter, "cache", None), dict):
+            adapter.cache.clear()
 
 
 # -- entry points called by the script ---------------------------------------------------------
@@ -75,6 +81,10 @@ def start_pass(job: Job, p) -> None:
     if is_timestep_sampler(sampler):   # DDIM / PLMS / UniPC: one step fewer than the denoiser's `steps`
         track_timestep_count(patches, sampler, st)
     patches.setattr(den, "_fastface_pass", (job, st))
+    # out of memory in FastFace's work or in the UNet call with DCG's third row: the step again,
+    # A1111's way; its IP-Adapters must then compute their own k/v (FastFace's had other rows)
+    guard_denoiser(job, patches, den, st, extra_rows=lambda: st.layout == "extra_id",
+                   before_host_call=lambda: _clear_kv_caches(adapters))
     if job.args.dcg:
         original_combine = den.combine_denoised
         patches.setattr(den, "combine_denoised",

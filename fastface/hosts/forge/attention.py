@@ -10,7 +10,7 @@ import torch
 from ...method.attention import ip_attention
 from ...method.blocks import unet_part
 from .. import recording
-from ..common import Job
+from ..common import IN_FACE_BRANCH, Job
 from . import preview
 from .internals import adapter_kind, at, attn2_patches, copy_patch, is_ip_patch, weight_power
 from .state import ForgePass
@@ -94,7 +94,7 @@ class FaceAttn2Patch:
                     period = self._groups(n.shape[0], extra_options)
                     transform = job.transforms.get(part, st.step, st.total, period)
             except Exception as exc:
-                job.fail("Forge attention transform", exc)
+                job.fail_in_call("Forge attention transform", exc, IN_FACE_BRANCH)
                 transform = None
         if transform is None:
             if job.recording is not None and isinstance(st, ForgePass):   # "Show face attention" only
@@ -103,7 +103,7 @@ class FaceAttn2Patch:
         try:
             out = self._transformed(n, context_attn2, value_attn2, extra_options, part, period)
         except Exception as exc:
-            job.fail("Forge face attention", exc)
+            job.fail_in_call("Forge face attention", exc, IN_FACE_BRANCH)   # out of memory: the step again
             return self.inner(n, context_attn2, value_attn2, extra_options)
         if out is None:  # a case FastFace leaves to Forge (noted once)
             return self.inner(n, context_attn2, value_attn2, extra_options)

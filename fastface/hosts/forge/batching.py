@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ...method.schedule import branches_needed
-from ..common import Job
+from ..common import IN_EXTRA_ROWS, Job, is_out_of_memory
 from .state import ForgePass
 
 # How the id-only branch (negative text + face) reaches the UNet on a step, decided per model call
@@ -233,9 +233,11 @@ def _make_unet_wrapper(job: Job, st: ForgePass):
             out = run(_with_cond_control(new, args, start, stop, append=True))
             st.id_x0 = out[rows:]
             return out[:rows]
-        except Exception as exc:   # e.g. out of memory with the extra rows: Forge's own call
+        except Exception as exc:   # out of memory with the extra rows: the step again, Forge's way
             st.plan = None
-            job.fail("Forge UNet wrapper", exc)
+            if plan == ID_IN_UNCOND and is_out_of_memory(exc) and job.out_of_memory is None and job.in_denoiser_call:
+                raise   # Forge's own rows (relabelled): its own out-of-memory error, for the guard to pass on
+            job.fail_in_call("Forge UNet wrapper", exc, IN_EXTRA_ROWS)
             return run(args)
     fastface_unet_wrapper._fastface = True
     return fastface_unet_wrapper

@@ -8,7 +8,7 @@ import torch
 
 from ...method.guidance import dcg_x0
 from ...method.schedule import alpha_beta, branches_needed, rescale_phi
-from ..common import CFG_PP_NOTE, Job
+from ..common import CFG_PP_NOTE, IN_DCG, Job
 from .batching import ID_APPENDED, ID_IN_UNCOND, id_plan, install_batching, ours
 from .internals import calc_cond_batch
 from .state import ForgePass
@@ -202,7 +202,7 @@ def _make_cfg(job: Job, st: ForgePass):
             try:
                 return _dcg(job, st, args, plan, id_x0, planned, ran)
             except Exception as exc:
-                job.fail("Forge DCG", exc)
+                job.fail_in_call("Forge DCG", exc, IN_DCG)
         return prior(args) if prior is not None else _stock_cfg(args)
     fastface_cfg._fastface = True
     fastface_cfg._fastface_prior = st.prior_cfg

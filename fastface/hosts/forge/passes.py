@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import Job, is_timestep_sampler, log, no_face_note, note_units, track_timestep_count
+from ..common import Job, guard_denoiser, is_timestep_sampler, log, no_face_note, note_units, track_timestep_count
 from ..readout import unapplied_units_note
 from .attention import clone_unet
 from .dcg import install_dcg
@@ -127,6 +127,9 @@ def _start_pass(job: Job, p) -> None:
                 # the normal case for distilled models: logged, not worth an infotext note
                 log.info("CFG 1: FastFace encoded the negative prompt for DCG")
     _install_step_tracking(job, p, st)
+    den = getattr(getattr(p, "sampler", None), "model_wrap_cfg", None)
+    if den is not None:   # out of memory in FastFace's work: the step again, Forge's way (its own UNet patcher)
+        guard_denoiser(job, job.patches, den, st)
     if "rows" not in job.installed:
         job.installed.add("rows")
         _install_row_counter(job, unet)
