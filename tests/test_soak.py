@@ -1,5 +1,6 @@
 """The pure parts of the opt-in soak (tests/webui/soak.py), without a server: the job mix, the
 memory bound, the port → process lookup on a fake /proc tree, the loopback-only rule."""
+import json
 import os
 import sys
 
@@ -65,6 +66,7 @@ def test_a_mix_of_100_or_more_covers_every_category(seed, n, samplers):
     twos = [j.index for j in plan if j.client == 2]
     assert twos and all(i in second for i in twos)
     assert coverage_gaps(plan, samplers) == []
+    json.dumps([j.fastface for j in plan], allow_nan=False)   # the requests are JSON (no NaN)
 
 
 def test_the_head_holds_every_kind_before_the_warm_up_ends():

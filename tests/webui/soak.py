@@ -20,7 +20,8 @@ Checks, each failure listed as a problem (exit status 1 if there is any):
 - every request answers HTTP 200 with its images; interrupted and skipped jobs too (counted
   apart); a bad input comes back with the documented note ("FastFace is off for this job:
   rejected <field> (…)") and no FastFace key; no job has an "internal error" note; a failed
-  FastFace job is sent again with FastFace off, and the problem says whether that failed too;
+  FastFace job is sent again with FastFace off: if that fails as well, the host refuses the
+  request by itself (UniPC with fewer steps than its order) and it is listed apart, not counted;
 - every disabled job (fixed seed and settings; FastFace args off or not sent at all) has the
   pixels of the first, and each repeated FastFace configuration (soak_plan.REPEATS) the pixels
   of its first run (jobs that were interrupted or skipped are not compared);
@@ -126,13 +127,17 @@ def report(a, runner: Runner, pid, pid_text, plan, gaps, wall) -> dict:
         lines.append(f"  not covered by this short mix: {', '.join(gaps)}")
     if runner.stopped:
         lines.append(f"  stopped early: {runner.stopped}")
+    refused = [o.refusal for o in done if o.refusal]
+    if refused:
+        lines.append(f"  refused by the host itself, FastFace on and off (not FastFace's; not counted): {len(refused)}")
+        lines += [f"   - {r}" for r in refused]
     lines.append(f"  problems: {len(problems)}")
     lines += [f"   - {p}" for p in problems]
     print("\n".join(lines), flush=True)
     return {"host": a.host, "url": a.url, "jobs_asked": a.jobs, "jobs_done": len(done), "seed": a.seed,
             "seconds": wall, "seconds_per_job": per_job, "outcomes": counts, "server": pid_text,
             "rss": {k: v for k, v in rss.items() if k != "problems"}, "coverage_gaps": gaps,
-            "stopped_early": runner.stopped, "problems": problems,
+            "stopped_early": runner.stopped, "problems": problems, "host_refused": refused,
             "second_client_window": [window(len(plan)).start, window(len(plan)).stop],
             "jobs": [o.record() for o in done]}
 

@@ -24,7 +24,9 @@ from test_config import WRONG_KIND_VALUES
 
 # on A1111, Forge 2 and Neo alike (test_real_webui.py SAMPLERS for Forge)
 FIXED_SAMPLERS = ("Euler", "Euler a", "DPM++ 2M", "LCM")
-BAD_INPUTS = list(WRONG_KIND_VALUES) + [("nonsense", 1)]     # the last: an unknown field
+# JSON has no NaN: Python writes it anyway, and A1111 then fails to write its answer, which echoes
+# the request (HTTP 500 "Out of range float values are not JSON compliant", FastFace on or off)
+BAD_INPUTS = [(f, v) for f, v in WRONG_KIND_VALUES if v == v] + [("nonsense", 1)]   # last: an unknown field
 KINDS = ("off", "repeat", "random", "img2img", "bad", "interrupt", "skip")
 MAIN_BLOCK = ["off"] * 3 + ["repeat"] * 4 + ["random"] * 7 + ["img2img"] * 2 + ["bad"] * 2 + ["interrupt", "skip"]
 WINDOW_BLOCK = ["off"] * 2 + ["repeat"] * 2 + ["random"] * 4 + ["img2img", "bad"]
@@ -108,7 +110,7 @@ class _Dealer:
         self.kinds = _Deck(rng, MAIN_BLOCK)
         self.window_kinds = _Deck(rng, WINDOW_BLOCK)
         self.txt = _Family(rng, samplers, range(1, 9))
-        self.other = _Family(rng, samplers, range(2, 9))   # img2img: int(steps · strength) ≥ 1 model step
+        self.other = _Family(rng, samplers, range(2, 9))   # img2img runs int(steps · strength) of them
         self.strength = _Deck(rng, [0.4, 0.6, 0.8])
         self.img2img_on = _Deck(rng, [True, True, True, False])
         self.off_form = _Deck(rng, [True, True, False])    # False: no FastFace args at all

@@ -21,16 +21,19 @@ POLL_S = 0.05
 @dataclasses.dataclass
 class Outcome:
     job: SoakJob
-    status: str            # ok | interrupted | skipped | ran through (the action came too late) | failed
+    status: str            # ok | interrupted | skipped | ran through (the action came too late) | failed |
+    #                        host refused (it fails with FastFace off too: e.g. UniPC with fewer steps than its order)
     seconds: float
     problems: list[str]
     done_after: int        # jobs finished when this one did (both clients)
+    refusal: str = ""
 
     def record(self) -> dict:
         j = self.job
         return {"index": j.index, "kind": j.kind, "client": j.client, "endpoint": j.endpoint,
                 "fastface": repr(j.fastface), "settings": j.settings, "status": self.status,
-                "seconds": round(self.seconds, 3), "done_after": self.done_after, "problems": self.problems}
+                "seconds": round(self.seconds, 3), "done_after": self.done_after, "problems": self.problems,
+                "refusal": self.refusal}
 
 
 def _error_text(exc: Exception) -> str:
@@ -99,20 +102,26 @@ class Runner:
             actor.join()
         name = f"job {job.index} ({job.kind}, client {job.client}, {job.endpoint}, FastFace {job.fastface!r}, {job.settings})"
         if error:
-            return Outcome(job, "failed", seconds, [f"{name}: {error}{self._without_fastface(job)}"], 0)
+            again = self._without_fastface(job)
+            if again and again != "answers":   # the host refuses the request by itself
+                return Outcome(job, "host refused", seconds, [], 0,
+                               f"{name}: {error}; with FastFace off too: {again}")
+            return Outcome(job, "failed", seconds, [f"{name}: {error}" + (" (with FastFace off it answers)" if again else "")], 0)
         acted = bool(fired)
         status = {"interrupt": "interrupted", "skip": "skipped"}.get(job.action, "ok") if acted else \
             ("ran through" if job.action else "ok")
         return Outcome(job, status, seconds, [f"{name}: {p}" for p in self.check(job, resp, acted)], 0)
 
     def _without_fastface(self, job: SoakJob) -> str:
+        """For a FastFace job that failed: "answers" if the same request with FastFace off does,
+        else its error; "" for a job that had FastFace off already."""
         if not job.enabled:
             return ""
         try:
             self.send(*self.payload(job, fastface={"enabled": False}))
-            return " (the same request with FastFace off answers)"
+            return "answers"
         except Exception as exc:
-            return f" (the same request with FastFace off fails too: {_error_text(exc)})"
+            return _error_text(exc)
 
     def check(self, job: SoakJob, resp: dict, acted: bool) -> list[str]:
         problems = []
