@@ -165,3 +165,86 @@ def test_a_non_loopback_url_is_refused(capsys):
     with pytest.raises(SystemExit):
         soak.parse_args(["--url", "http://10.0.0.2:7861", "--host", "a1111", "--jobs", "10"])
     assert "not a loopback address" in capsys.readouterr().err
+
+
+# -- the runner's verdicts, with `send` answering for a server ------------------------------------
+def _runner(answers):
+    """A Runner whose requests are answered by `answers(path, payload, sent)` (sent: earlier requests)."""
+    from soak_run import Runner
+
+    runner = Runner("http://127.0.0.1:1", {"model": "faceid"}, {"enable_hr": True}, 5.0, None)
+    sent = []
+
+    def send(path, payload):
+        out = answers(path, payload, sent)
+        sent.append((path, payload))
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    runner.send = send
+    return runner, sent
+
+
+def _answer(pixels: bytes, text="FastFace: preset=Realistic", note=None):
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) \
+        + chunk(b"IDAT", zlib.compress(b"\x00" + pixels)) + chunk(b"IEND", b"")
+    params = {"FastFace note": note} if note else {}
+    return {"images": [base64.b64encode(png).decode()],
+            "info_json": {"infotexts": [text], "extra_generation_params": params}}
+
+
+def _fastface_on(payload):
+    return (payload["alwayson_scripts"].get("FastFace", {}).get("args") or [{}])[0].get("enabled")
+
+
+def test_a_request_refused_with_fastface_off_too_is_the_hosts():
+    from soak_plan import SoakJob
+
+    job = SoakJob(5, "random", 1, "txt2img", {"enabled": True, "preset": "Realistic"}, {"steps": 1, "seed": 1})
+    runner, sent = _runner(lambda path, payload, sent: RuntimeError("UniPC order must be < sampling steps"))
+    out = runner.run_job(job)
+    assert out.status == "host refused" and out.problems == [] and "UniPC" in out.refusal
+    assert [_fastface_on(p) for _, p in sent] == [True, False]
+
+
+def test_a_request_that_fails_only_with_fastface_is_a_problem():
+    from soak_plan import SoakJob
+
+    job = SoakJob(5, "random", 1, "txt2img", {"enabled": True, "preset": "Realistic"}, {"steps": 1, "seed": 1})
+    runner, _ = _runner(lambda path, payload, sent: RuntimeError("boom") if _fastface_on(payload) else _answer(b"\x01"))
+    out = runner.run_job(job)
+    assert out.status == "failed" and out.refusal == ""
+    assert len(out.problems) == 1 and "boom" in out.problems[0] and "with FastFace off it answers" in out.problems[0]
+
+
+def test_repeated_jobs_are_compared_with_their_first_run_and_img2img_is_sent_twice():
+    from soak_plan import make_plan
+
+    plan = make_plan(40, 1, FIXED_SAMPLERS)
+    img2img = [j for j in plan if j.compare == "repeat:3"][:3]
+    results = iter([b"\x01", b"\x01", b"\x02", b"\x02", b"\x02", b"\x02"])   # two requests per job
+    runner, sent = _runner(lambda path, payload, s: _answer(next(results)))
+    outcomes = [runner.run_job(j) for j in img2img]
+    assert len(sent) == 6 and all(path == "/sdapi/v1/img2img" for path, _ in sent)
+    assert outcomes[0].problems == [] and len(outcomes[1].problems) == 1
+    assert f"differ from job {img2img[0].index}, the first repeat:3" in outcomes[1].problems[0]
+    assert f"the same as job {img2img[1].index}'s" in outcomes[2].problems[0]
+
+
+def test_a_bad_input_must_come_back_with_the_rejection_note():
+    from soak_plan import make_plan
+
+    bad = next(j for j in make_plan(20, 0, FIXED_SAMPLERS) if j.kind == "bad")
+    note = f"FastFace is off for this job: rejected {bad.bad_field} (expected a number; got 'lots')"
+    runner, _ = _runner(lambda path, payload, sent: _answer(b"\x01", text="Steps: 2", note=note))
+    assert runner.run_job(bad).problems == []
+    runner, _ = _runner(lambda path, payload, sent: _answer(b"\x01", text="Steps: 2, FastFace: preset=Realistic"))
+    problems = runner.run_job(bad).problems
+    assert any("not the rejection" in p for p in problems) and any("FastFace ran anyway" in p for p in problems)

@@ -24,7 +24,9 @@ Checks, each failure listed as a problem (exit status 1 if there is any):
   request by itself (UniPC with fewer steps than its order) and it is listed apart, not counted;
 - every disabled job (fixed seed and settings; FastFace args off or not sent at all) has the
   pixels of the first, and each repeated FastFace configuration (soak_plan.REPEATS) the pixels
-  of its first run (jobs that were interrupted or skipped are not compared);
+  of its first run (jobs that were interrupted or skipped are not compared; a compared img2img
+  is sent twice in a row and the second answer compared: on A1111 the first img2img after any
+  other job gives other pixels, FastFace on or off);
 - the server's RSS (VmRSS of the process listening on the URL's port, found through
   /proc/net/tcp* unless --pid is given, plus its child processes) after the last job is within
   max(5 % of the warm-up value, 150 MB) of its value after the warm-up (--warmup jobs, by which
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     plan = make_plan(a.jobs, a.seed, samplers)
     gaps = coverage_gaps(plan, samplers)
     pid, pid_text = server_pid(a)
-    runner = Runner(a.url, a.host, client.face_unit(a.unit), a.request_timeout, pid)
+    runner = Runner(a.url, client.face_unit(a.unit), client.hires_payload(a.url, a.host), a.request_timeout, pid)
     print(f"soak {a.host}: {a.jobs} jobs (seed {a.seed}, second client for jobs {window(a.jobs).start}–"
           f"{window(a.jobs).stop - 1}), {len(samplers)} samplers, server {pid_text}", flush=True)
     # SIGTERM (a `timeout` around the soak) ends it like Ctrl-C: summary written, job in flight interrupted
