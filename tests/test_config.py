@@ -51,11 +51,15 @@ def test_out_of_range_values_are_clamped_with_a_message_naming_the_field():
     assert "99 is outside [0, 10]" in str(next(i for i in issues if i.field == "alpha_peak"))
 
 
-@pytest.mark.parametrize("name,value", [
+# Values of the wrong kind, one field each (also sent to real servers by tests/webui/soak.py)
+WRONG_KIND_VALUES = [
     ("alpha_peak", "lots"), ("alpha_peak", float("nan")), ("alpha_peak", True), ("dcg", "maybe"),
     ("am_mode", "sharpen"), ("schedule", 3), ("alpha_custom", ""), ("alpha_custom", "1/x"),
     ("beta_custom", [1.0] * 151), ("preset", "Ultra"),
-])
+]
+
+
+@pytest.mark.parametrize("name,value", WRONG_KIND_VALUES)
 def test_wrong_kind_values_are_rejected_with_a_message_naming_the_field(name, value):
     args, issues = validate({name: value})
     rejected = [i for i in issues if i.rejected]

@@ -32,10 +32,10 @@ import itertools
 import json
 import os
 import struct
-import urllib.request
-import zlib
 
 import pytest
+import webui_client as client
+from webui_client import get, img2img_payload, infotext, params, png_pixels, post, txt2img_payload, with_info  # noqa: F401
 
 from fastface.config import PRESET_NAMES
 from fastface.presets import PRESETS
@@ -60,71 +60,21 @@ HOST = os.environ.get("FASTFACE_HOST", "a1111").lower()
 FORGE = HOST in ("forge", "forge-classic", "reforge", "neo")
 # Forge 2 and Neo: the API's hires fix needs hr_additional_modules; their API `infotext` field
 # answers HTTP 500 by itself (checked without the extension on both)
-HR_MODULES = HOST in ("forge", "neo")
+HR_MODULES = HOST in client.HR_MODULE_HOSTS
 SAMPLERS = (["Euler", "Euler a", "DPM++ 2M", "LCM"] if FORGE
             else ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "LCM"])
 STEPS = [1, 2, 4, 8]
 
 
-def post(url, path, payload, timeout=900):
-    req = urllib.request.Request(url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def get(url, path):
-    with urllib.request.urlopen(url + path, timeout=60) as resp:
-        return json.loads(resp.read())
-
-
 def face_unit():
-    unit = os.environ.get("FASTFACE_FACEID_UNIT")
-    if unit:  # JSON, or the path of a JSON file (a base64 image is too long for an env variable)
-        if os.path.isfile(unit):
-            with open(unit) as f:
-                return json.load(f)
-        return json.loads(unit)
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(7)), dim=-1), buf)
-    return {"enabled": True, "module": "ip-adapter_face_id", "model": os.environ.get("FASTFACE_FACEID_MODEL", "ip-adapter-faceid_sd15"), "weight": 0.8,
-            "ipadapter_input": [base64.b64encode(buf.getvalue()).decode()]}
+    """The unit FASTFACE_FACEID_UNIT names, or the default A1111 FaceID unit (webui_client.face_unit)."""
+    return client.face_unit()
 
 
 def txt2img(fastface=None, url=None, unit=True, **overrides):
     """POST txt2img (64×64, 4 steps, Euler, CFG 1, a FaceID unit); `fastface` is the script's arg."""
-    payload = {"prompt": "a photo of a person, portrait", "negative_prompt": "blurry", "steps": 4, "width": 64,
-               "height": 64, "cfg_scale": 1.0, "sampler_name": "Euler", "seed": 1234, "batch_size": 1,
-               "alwayson_scripts": {}}
-    payload.update(overrides)
-    if unit:
-        payload["alwayson_scripts"]["controlnet"] = {"args": [face_unit()]}
-    if fastface is not None:
-        payload["alwayson_scripts"]["FastFace"] = {"args": [fastface]}
-    resp = post(url or URL, "/sdapi/v1/txt2img", payload)
-    resp["info_json"] = json.loads(resp["info"])
-    return resp
-
-
-def infotext(resp):
-    return resp["info_json"]["infotexts"][0]
-
-
-def params(resp):
-    return resp["info_json"].get("extra_generation_params", {})
-
-
-def png_pixels(b64: str) -> bytes:
-    """The decompressed IDAT stream of a PNG: equal bytes ⇔ equal pixels (same encoder)."""
-    data = base64.b64decode(b64)
-    pos, idat = 8, b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos: pos + 8])
-        if kind == b"IDAT":
-            idat += data[pos + 8: pos + 8 + length]
-        pos += 12 + length
-    return zlib.decompress(idat)
+    payload = txt2img_payload(fastface, unit=face_unit() if unit else None, **overrides)
+    return with_info(post(url or URL, "/sdapi/v1/txt2img", payload))
 
 
 def trace(resp):
@@ -197,22 +147,11 @@ def test_attention_transform_reaches_down_and_up_not_mid():
 
 
 def hires_upscaler() -> str:
-    """"Latent" where the host has it; Neo removed the latent upscalers (modules/shared.py
-    `latent_upscale_modes = {}`), so there one of its plain upscalers."""
-    try:
-        latent = [m.get("name") for m in get(URL, "/sdapi/v1/latent-upscale-modes")]
-    except Exception:
-        latent = []
-    if "Latent" in latent:
-        return "Latent"
-    names = [u.get("name") for u in get(URL, "/sdapi/v1/upscalers")]
-    return next(n for n in ("Lanczos", "Nearest", "None") if n in names)
+    return client.hires_upscaler(URL)
 
 
 def hires_payload(**overrides) -> dict:
-    extra = {"hr_additional_modules": ["Use same choices"]} if HR_MODULES else {}
-    return dict(enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, denoising_strength=0.5,
-                hr_upscaler=hires_upscaler(), **extra, **overrides)
+    return client.hires_payload(URL, HOST, **overrides)
 
 
 def test_hires_fix_and_batch_two():
@@ -387,10 +326,7 @@ def test_show_attention_adds_one_preview_per_image_and_changes_no_pixel(preset):
 
 def test_show_attention_in_img2img():
     made = txt2img({"enabled": False, "preset": "Realistic"})
-    payload = {"init_images": [made["images"][0]], "denoising_strength": 0.6, "prompt": "a photo of a person",
-               "negative_prompt": "blurry", "steps": 4, "width": 64, "height": 64, "cfg_scale": 1.0,
-               "sampler_name": "Euler", "seed": 1234,
-               "alwayson_scripts": {"controlnet": {"args": [face_unit()]}}}
+    payload = img2img_payload(made["images"][0], unit=face_unit())
     # The first img2img of a fresh A1111 gives other pixels than every later identical request,
     # with the preview off both times (seen 2026-11-26: first ≠ second, second = third): a host
     # first-call effect, so one warm-up request comes before the comparison.
