@@ -30,7 +30,8 @@ KINDS = {
                                                   "ip-adapter_face_id"]),
     "faceid": (lambda m: re.search(r"faceid(?!plus|portrait)", m) is not None,
                ["InsightFace (IPAdapter)", "InsightFace+CLIP-H (IPAdapter)", "ip-adapter_face_id"]),
-    "plain": (lambda m: m.startswith("ipadapter") and "faceid" not in m,
+    # plain: not an identity adapter (InstantID's and PuLID's files also begin "ip-adapter")
+    "plain": (lambda m: m.startswith("ipadapter") and not any(k in m for k in ("faceid", "instantid", "pulid")),
               ["CLIP-ViT-H (IPAdapter)", "ip-adapter_clip_h", "ip-adapter_clip_sd15"]),
 }
 
@@ -72,9 +73,11 @@ def main(argv=None) -> int:
     ap.add_argument("--url", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--weight", type=float, default=0.8)
-    ap.add_argument("--only", default="", help="only models whose name contains this (e.g. sdxl)")
+    ap.add_argument("--only", default="", help="only models whose name contains this (e.g. sdxl); "
+                    "without it, no SDXL model (an SD1.5 server's units)")
     a = ap.parse_args(argv)
-    models = [m for m in _get(a.url, "/controlnet/model_list")["model_list"] if a.only.lower() in m.lower()]
+    listed = _get(a.url, "/controlnet/model_list")["model_list"]
+    models = [m for m in listed if (a.only.lower() in m.lower() if a.only else "sdxl" not in m.lower())]
     modules = _get(a.url, "/controlnet/module_list")["module_list"]
     os.makedirs(a.out, exist_ok=True)
     units = units_for(models, modules, a.weight, face_image_b64())
