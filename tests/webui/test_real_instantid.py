@@ -197,7 +197,8 @@ def check_rows_am_and_note(resp, preset: str, mode: str = "Balanced") -> None:
         return
     parts = [p for p in ("down", "mid", "up") if getattr(args, f"am_{p}")]
     assert parts == ["down", "up"], parts   # the presets' default parts
-    assert tr["am"] == {f"0/{k}/{p}": SDXL_ATTN2[p] for k in range(STEPS) for p in parts}, tr["am"]
+    # per UNet call: the separate id-only call runs the face branch of every layer again
+    assert tr["am"] == {f"0/{k}/{p}": SDXL_ATTN2[p] * calls[k] for k in range(STEPS) for p in parts}, tr["am"]
     adapters = tr.get("am_adapters", {})    # transformed calls per adapter kind: all of them InstantID's
     assert adapters.get("instantid", 0) == sum(tr["am"].values()) > 0, tr
     assert not any(n for kind, n in adapters.items() if kind != "instantid"), tr
