@@ -79,8 +79,8 @@ def note_units(job: "Job", kinds) -> None:
                      f"does not apply to {kind.label}")
 
 
-def _listed(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+def _listed(names: list[str], conjunction: str = "and") -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {conjunction} " + names[-1]
 
 
 def not_applied_note(models: list[str], args: FastFaceArgs, readout_runs: bool) -> str:
@@ -139,11 +139,7 @@ def out_of_memory_note(place: str, args: FastFaceArgs) -> str:
             + (["Show face attention off"] if args.show_attention else [])
     # a comma, not a semicolon: "; " separates the notes in the infotext
     return (f"FastFace ran out of GPU memory in {place} and turned itself off for the rest of this generation: "
-            f"try {_or_listed(advice + ['a smaller batch', 'a smaller size'])}")
-
-
-def _or_listed(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+            f"try {_listed(advice + ['a smaller batch', 'a smaller size'], 'or')}")
 
 
 class PatchSet:

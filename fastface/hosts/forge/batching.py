@@ -74,18 +74,26 @@ def _relabelled(args) -> dict:
     return dict(args, c=c, cond_or_uncond=labels)
 
 
-def _append_rows(value, rows: int, start: int, stop: int):
-    """`value` with rows [start, stop) repeated at the end, for every per-row tensor in it
-    (c_crossattn, y, c_concat, the ControlNet signals); anything else unchanged."""
+def _map_rows(value, rows: int, fn):
+    """`value` with `fn` applied to every per-row tensor in it (leading dimension `rows`: c_crossattn,
+    y, c_concat, the ControlNet signals), through dicts, lists and tuples; anything else unchanged."""
     if isinstance(value, torch.Tensor):
-        if value.dim() > 0 and value.shape[0] == rows:
-            return torch.cat([value, value[start:stop]])
-        return value
+        return fn(value) if value.dim() > 0 and value.shape[0] == rows else value
     if isinstance(value, dict):
-        return {k: _append_rows(v, rows, start, stop) for k, v in value.items()}
+        return {k: _map_rows(v, rows, fn) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_append_rows(v, rows, start, stop) for v in value)
+        return type(value)(_map_rows(v, rows, fn) for v in value)
     return value
+
+
+def _append_rows(value, rows: int, start: int, stop: int):
+    """`value` with rows [start, stop) repeated at the end, for every per-row tensor in it."""
+    return _map_rows(value, rows, lambda t: torch.cat([t, t[start:stop]]))
+
+
+def _rows_of(value, rows: int, start: int, stop: int):
+    """Rows [start, stop) of every per-row tensor in `value`."""
+    return _map_rows(value, rows, lambda t: t[start:stop])
 
 
 def _negative_rows(args) -> tuple[int, int]:
@@ -96,17 +104,18 @@ def _negative_rows(args) -> tuple[int, int]:
     return start, start + per_chunk
 
 
-def _with_id_rows(args) -> tuple[dict, int]:
-    """The wrapper's arguments plus one chunk: a copy of the negative (UNCOND) chunk labelled
-    COND, i.e. the id-only rows. Returns (new args, rows of the original call)."""
+def _with_id_rows(args, start: int, stop: int, own_control: bool = False) -> tuple[dict, int]:
+    """The wrapper's arguments plus one chunk: a copy of the negative (UNCOND) chunk, rows
+    [start, stop), labelled COND, i.e. the id-only rows. Returns (new args, rows of the original
+    call). `own_control`: the caller puts in the ControlNet signal of those rows itself
+    (`_with_cond_control`), so the host's is not copied here."""
     labels = list(args["cond_or_uncond"])
     x = args["input"]
-    rows = x.shape[0]
-    per_chunk = rows // len(labels)
-    start, stop = _negative_rows(args)
+    rows, per_chunk = x.shape[0], stop - start
+    passed = ("transformer_options", "control_model") + (("control",) if own_control else ())
     c = {}
     for key, value in args["c"].items():
-        if key in ("transformer_options", "control_model"):
+        if key in passed:
             c[key] = value
         else:
             c[key] = _append_rows(value, rows, start, stop)
@@ -135,17 +144,6 @@ def _control_reads_labels(c) -> bool:
     signal a COND chunk gets."""
     options = c.get("transformer_options") or {}
     return c.get("control_model") is not None and bool(options.get("controlnet_conditioning_modifiers"))
-
-
-def _rows_of(value, rows: int, start: int, stop: int):
-    """Rows [start, stop) of every per-row tensor in `value` (as `_append_rows` finds them)."""
-    if isinstance(value, torch.Tensor):
-        return value[start:stop] if value.dim() > 0 and value.shape[0] == rows else value
-    if isinstance(value, dict):
-        return {k: _rows_of(v, rows, start, stop) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_rows_of(v, rows, start, stop) for v in value)
-    return value
 
 
 def _control_as_cond(args, start: int, stop: int):
@@ -199,10 +197,8 @@ def _spliced(control, id_control, rows: int, start: int, stop: int, append: bool
 
 def _with_cond_control(new: dict, args, start: int, stop: int, append: bool) -> dict:
     """`new` (the wrapper's changed arguments) with the id-only rows' ControlNet signal as a COND
-    chunk gets it, where the ControlNets read the labels (`_control_reads_labels`)."""
+    chunk gets it; for ControlNets that read the labels (`_control_reads_labels`)."""
     c = args["c"]
-    if not _control_reads_labels(c):
-        return new
     control = _spliced(c.get("control"), _control_as_cond(args, start, stop), args["input"].shape[0], start, stop,
                        append)
     return dict(new, c=dict(new["c"], control=control))
@@ -225,12 +221,18 @@ def _make_unet_wrapper(job: Job, st: ForgePass):
             return run(args)
         try:
             start, stop = _negative_rows(args)
+            reads_labels = _control_reads_labels(args["c"])
             if plan == ID_IN_UNCOND:
-                out = run(_with_cond_control(_relabelled(args), args, start, stop, append=False))
+                new = _relabelled(args)
+                if reads_labels:
+                    new = _with_cond_control(new, args, start, stop, append=False)
+                out = run(new)
                 st.id_x0 = True          # the uncond prediction of this step is ε_id
                 return out
-            new, rows = _with_id_rows(args)
-            out = run(_with_cond_control(new, args, start, stop, append=True))
+            new, rows = _with_id_rows(args, start, stop, own_control=reads_labels)
+            if reads_labels:
+                new = _with_cond_control(new, args, start, stop, append=True)
+            out = run(new)
             st.id_x0 = out[rows:]
             return out[:rows]
         except Exception as exc:   # out of memory with the extra rows: the step again, Forge's way
