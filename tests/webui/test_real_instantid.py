@@ -44,6 +44,7 @@ from fastface.method.schedule import branches_needed
 from fastface.presets import PRESETS
 from test_real_webui import (FORGE, HOST, URL, check_calls, expected_preview_size, get, has_fastface, infotext,
                              params, png_pixels, png_size, trace, txt2img)
+from webui_client import previews_added
 
 ENABLED = os.environ.get("FASTFACE_INSTANTID", "") == "1"
 _BASE = os.environ.get("FASTFACE_BASELINE_FILE", "")
@@ -269,11 +270,7 @@ def test_show_attention_adds_one_preview_per_image_and_changes_no_pixel(mode, ba
     shown = on(mode, "Realistic", show=True, batch_size=batch_size)
     # images: the generated ones first, then ControlNet's maps (the keypoint drawing) and FastFace's
     # previews; a preview is what the box adds
-    plain_px, shown_px = ([png_pixels(b) for b in r["images"]] for r in (plain, shown))
-    assert shown_px[:batch_size] == plain_px[:batch_size]   # no generated pixel changes
-    assert all(px in shown_px for px in plain_px)
-    extras = [b for b, px in zip(shown["images"], shown_px) if px not in plain_px]
-    assert len(extras) == batch_size, (len(plain_px), len(shown_px))
+    extras = previews_added(plain, shown, batch_size)
     for extra in extras:   # InstantID's 16 tokens as one 4×4 face mosaic, none in rows apart (no background token)
         assert png_size(extra) == expected_preview_size(SIZE, STEPS, TOKENS, separate=0, groups=1)
     assert infotext(shown) == infotext(plain)

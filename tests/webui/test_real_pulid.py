@@ -33,6 +33,7 @@ from fastface.method.schedule import branches_needed
 from fastface.presets import PRESETS
 from test_real_webui import (URL, check_calls, expected_preview_size, get, has_fastface, infotext, params,
                              png_pixels, png_size, trace, txt2img)
+from webui_client import previews_added
 
 UNIT = os.environ.get("FASTFACE_PULID_UNIT", "")
 BASELINE_FILE = os.environ.get("FASTFACE_PULID_BASELINE_FILE", "")
@@ -184,11 +185,7 @@ def test_show_attention_adds_one_preview_per_image_and_changes_no_pixel(mode, ba
     shown = on(mode, "Realistic", show=True, batch_size=batch_size)
     # images: the generated ones first, then ControlNet's PuLID map (facexlib's face features) and
     # FastFace's previews; a preview is what the box adds
-    plain_px, shown_px = ([png_pixels(b) for b in r["images"]] for r in (plain, shown))
-    assert shown_px[:batch_size] == plain_px[:batch_size]   # no generated pixel changes
-    assert all(px in shown_px for px in plain_px)
-    extras = [b for b, px in zip(shown["images"], shown_px) if px not in plain_px]
-    assert len(extras) == batch_size, (len(plain_px), len(shown_px))
+    extras = previews_added(plain, shown, batch_size)
     from fastface.views.attnmaps import token_layout
 
     layout = token_layout(PULID_TOKENS, pulid=True)   # two groups: the MLP's 5 tokens, the EVA-CLIP layers' 5

@@ -47,18 +47,23 @@ def face_unit(source: str | None = None) -> dict:
             "ipadapter_input": [base64.b64encode(buf.getvalue()).decode()]}
 
 
-def txt2img_payload(fastface=None, unit: dict | None = None, **overrides) -> dict:
-    """txt2img at 64×64, 4 steps, Euler, CFG 1; `unit` the ControlNet unit (none: no unit) and
-    `fastface` the script's argument (None: FastFace not named at all)."""
-    payload = {"prompt": "a photo of a person, portrait", "negative_prompt": "blurry", "steps": 4, "width": 64,
-               "height": 64, "cfg_scale": 1.0, "sampler_name": "Euler", "seed": 1234, "batch_size": 1,
-               "alwayson_scripts": {}}
+def _with_scripts(payload: dict, unit: dict | None, fastface, overrides: dict) -> dict:
+    """`payload` with `overrides` and the ControlNet unit / FastFace argument (each only when given)."""
     payload.update(overrides)
     if unit is not None:
         payload["alwayson_scripts"]["controlnet"] = {"args": [unit]}
     if fastface is not None:
         payload["alwayson_scripts"]["FastFace"] = {"args": [fastface]}
     return payload
+
+
+def txt2img_payload(fastface=None, unit: dict | None = None, **overrides) -> dict:
+    """txt2img at 64×64, 4 steps, Euler, CFG 1; `unit` the ControlNet unit (none: no unit) and
+    `fastface` the script's argument (None: FastFace not named at all)."""
+    payload = {"prompt": "a photo of a person, portrait", "negative_prompt": "blurry", "steps": 4, "width": 64,
+               "height": 64, "cfg_scale": 1.0, "sampler_name": "Euler", "seed": 1234, "batch_size": 1,
+               "alwayson_scripts": {}}
+    return _with_scripts(payload, unit, fastface, overrides)
 
 
 def img2img_payload(init_image: str, fastface=None, unit: dict | None = None, **overrides) -> dict:
@@ -66,12 +71,7 @@ def img2img_payload(init_image: str, fastface=None, unit: dict | None = None, **
     payload = {"init_images": [init_image], "denoising_strength": 0.6, "prompt": "a photo of a person",
                "negative_prompt": "blurry", "steps": 4, "width": 64, "height": 64, "cfg_scale": 1.0,
                "sampler_name": "Euler", "seed": 1234, "alwayson_scripts": {}}
-    payload.update(overrides)
-    if unit is not None:
-        payload["alwayson_scripts"]["controlnet"] = {"args": [unit]}
-    if fastface is not None:
-        payload["alwayson_scripts"]["FastFace"] = {"args": [fastface]}
-    return payload
+    return _with_scripts(payload, unit, fastface, overrides)
 
 
 def with_info(resp: dict) -> dict:
@@ -98,6 +98,18 @@ def png_pixels(b64: str) -> bytes:
             idat += data[pos + 8: pos + 8 + length]
         pos += 12 + length
     return zlib.decompress(idat)
+
+
+def previews_added(plain: dict, shown: dict, batch_size: int) -> list[str]:
+    """The images (base64) a request with Show face attention (`shown`) adds to the same request
+    without it (`plain`): no generated pixel changes, every image of `plain` is still there (e.g.
+    ControlNet's own maps), and one preview per generated image."""
+    plain_px, shown_px = ([png_pixels(b) for b in r["images"]] for r in (plain, shown))
+    assert shown_px[:batch_size] == plain_px[:batch_size]   # no generated pixel changes
+    assert all(px in shown_px for px in plain_px)
+    extras = [b for b, px in zip(shown["images"], shown_px) if px not in plain_px]
+    assert len(extras) == batch_size, (len(plain_px), len(shown_px))
+    return extras
 
 
 def hires_upscaler(url: str) -> str:
