@@ -11,7 +11,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "web
 
 import soak  # noqa: E402
 import soak_memory as memory  # noqa: E402
-from soak_plan import FIXED_SAMPLERS, REPEATS, coverage_gaps, make_plan, window  # noqa: E402
+from soak_plan import (FIXED_SAMPLERS, MULTI_EVALUATION_SAMPLERS, OFF_SETTINGS, REPEATS, coverage_gaps,  # noqa: E402
+                        make_plan, window)
 
 from fastface.config import PRESET_NAMES  # noqa: E402
 from fastface.presets import validate  # noqa: E402
@@ -50,7 +51,12 @@ def test_a_mix_of_100_or_more_covers_every_category(seed, n, samplers):
     # disabled jobs: all the same request, with FastFace off and without FastFace args
     off = [j for j in plan if j.kind == "off"]
     assert {j.fastface is None for j in off} == {True, False} and {j.compare for j in off} == {"off"}
-    assert all(not j.enabled and j.settings == {} for j in off)
+    assert all(not j.enabled and j.settings == OFF_SETTINGS for j in off)
+    # the cheap end: no sampler that evaluates the model more than once per step is drawn, the
+    # few-step range comes round more often than the rest
+    assert not {j.settings.get("sampler_name") for j in plan} & MULTI_EVALUATION_SAMPLERS
+    few = sum(j.settings["steps"] <= 4 for j in random_txt)
+    assert few > len(random_txt) - few
     for k in range(len(REPEATS)):
         assert sum(j.compare == f"repeat:{k}" for j in plan) >= 2
     # bad inputs: each one is rejected by the validator, for the field the soak expects in the note
@@ -227,8 +233,9 @@ def test_a_request_that_fails_only_with_fastface_is_a_problem():
 def test_repeated_jobs_are_compared_with_their_first_run_and_img2img_is_sent_twice():
     from soak_plan import make_plan
 
-    plan = make_plan(40, 1, FIXED_SAMPLERS)
+    plan = make_plan(80, 1, FIXED_SAMPLERS)
     img2img = [j for j in plan if j.compare == "repeat:3"][:3]
+    assert len(img2img) == 3
     results = iter([b"\x01", b"\x01", b"\x02", b"\x02", b"\x02", b"\x02"])   # two requests per job
     runner, sent = _runner(lambda path, payload, s: _answer(next(results)))
     outcomes = [runner.run_job(j) for j in img2img]

@@ -11,6 +11,12 @@ Layout of a plan:
   largest job (batch 4, hires fix, previews, CFG > 1), the first run of each repeated
   FastFace configuration, a bad input, an interrupt, a skip, a disabled job without FastFace args;
 - then blocks of kinds, shuffled per block;
+- the cost of a job on a CPU is its UNet evaluations (steps × rows × batch), so the mix keeps every
+  category but leans to the cheap end: step counts 1–4 (what distilled models run) come round
+  twice as often as 5–8, batch 1 half the time, hires fix one job in five, the disabled reference
+  at 2 steps, and the samplers drawn from the server's list are the one-evaluation-per-step ones
+  (`MULTI_EVALUATION_SAMPLERS` are left out: Heun or DPM adaptive cost 2× to 10× a step; every
+  sampler is run by test_real_webui.py's test_every_sampler_of_the_host_with_dcg);
 - a window in the middle (40–60 % of the jobs) where every other job goes to a second client,
   sent concurrently; no interrupt or skip there (they would hit whichever job runs).
 """
@@ -28,22 +34,29 @@ FIXED_SAMPLERS = ("Euler", "Euler a", "DPM++ 2M", "LCM")
 # the request (HTTP 500 "Out of range float values are not JSON compliant", FastFace on or off)
 BAD_INPUTS = [(f, v) for f, v in WRONG_KIND_VALUES if v == v] + [("nonsense", 1)]   # last: an unknown field
 KINDS = ("off", "repeat", "random", "img2img", "bad", "interrupt", "skip")
-MAIN_BLOCK = ["off"] * 3 + ["repeat"] * 4 + ["random"] * 7 + ["img2img"] * 2 + ["bad"] * 2 + ["interrupt", "skip"]
+MAIN_BLOCK = ["off"] * 3 + ["repeat"] * 4 + ["random"] * 5 + ["img2img"] * 2 + ["bad"] * 3 + ["interrupt"] * 2 + ["skip"]
 WINDOW_BLOCK = ["off"] * 2 + ["repeat"] * 2 + ["random"] * 4 + ["img2img", "bad"]
 WINDOW = (0.4, 0.6)
 
+# Samplers that evaluate the model more than once per step (or as often as they like): left out of
+# the drawn samplers, by name as A1111 and the Forge family list them
+MULTI_EVALUATION_SAMPLERS = frozenset({"Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM adaptive",
+                                       "Restart", "DPM++ 2s a RF", "Kohaku LoNyu Yog"})
+# Random txt2img step counts: 1–8 each round, the few-step range twice
+TXT_STEPS = (*range(1, 9), 1, 2, 3, 4)
 # The disabled job every other disabled job must equal (FastFace args: a dict, or none at all)
 OFF_ARGS = {"enabled": False, "preset": "Realistic"}
+OFF_SETTINGS = {"steps": 2}
 # The repeated FastFace jobs: (endpoint, FastFace args, settings); each run must equal its first
 REPEATS = (
     ("txt2img", {"enabled": True, "preset": "Realistic"},
-     {"steps": 4, "sampler_name": "Euler", "cfg_scale": 1.0, "batch_size": 1, "seed": 1234}),
+     {"steps": 3, "sampler_name": "Euler", "cfg_scale": 1.0, "batch_size": 1, "seed": 1234}),
     ("txt2img", {"enabled": True, "preset": "Stylistic", "readout": False},
-     {"steps": 3, "sampler_name": "Euler a", "cfg_scale": 2.5, "batch_size": 2, "seed": 99}),
+     {"steps": 2, "sampler_name": "Euler a", "cfg_scale": 2.5, "batch_size": 2, "seed": 99}),
     ("txt2img", {"enabled": True, "preset": "Realistic portrait", "show_attention": True},
      {"steps": 2, "sampler_name": "DPM++ 2M", "cfg_scale": 1.0, "batch_size": 1, "seed": 7, "hires": True}),
     ("img2img", {"enabled": True, "preset": "Realistic"},
-     {"steps": 4, "sampler_name": "Euler", "cfg_scale": 2.0, "batch_size": 1, "seed": 55, "denoising_strength": 0.6}),
+     {"steps": 3, "sampler_name": "Euler", "cfg_scale": 2.0, "batch_size": 1, "seed": 55, "denoising_strength": 0.7}),
 )
 
 
@@ -87,11 +100,11 @@ class _Family:
         self.preset = _Deck(rng, PRESET_NAMES)
         self.steps = _Deck(rng, steps)
         self.fixed_sampler = _Deck(rng, [s for s in FIXED_SAMPLERS if s in samplers] or samplers)
-        self.any_sampler = _Deck(rng, samplers)
+        self.any_sampler = _Deck(rng, [s for s in samplers if s not in MULTI_EVALUATION_SAMPLERS] or samplers)
         self.turn = 0                                      # fixed and listed samplers take turns
         self.cfg = _Deck(rng, [1.0, 1.0, 1.0, 2.0, 4.0, 7.0])
-        self.batch = _Deck(rng, [1, 1, 2, 2, 3, 4])
-        self.hires = _Deck(rng, [True, False, False, False])
+        self.batch = _Deck(rng, [1, 1, 1, 2, 3, 4])
+        self.hires = _Deck(rng, [True, False, False, False, False])
         self.show = _Deck(rng, [True, False, False])
         self.readout = _Deck(rng, [True, False])
 
@@ -109,7 +122,7 @@ class _Dealer:
     def __init__(self, rng: random.Random, samplers: list[str]):
         self.kinds = _Deck(rng, MAIN_BLOCK)
         self.window_kinds = _Deck(rng, WINDOW_BLOCK)
-        self.txt = _Family(rng, samplers, range(1, 9))
+        self.txt = _Family(rng, samplers, TXT_STEPS)
         self.other = _Family(rng, samplers, range(2, 9))   # img2img runs int(steps · strength) of them
         self.strength = _Deck(rng, [0.4, 0.6, 0.8])
         self.img2img_on = _Deck(rng, [True, True, True, False])
@@ -121,7 +134,7 @@ class _Dealer:
 def _job(d: _Dealer, index: int, kind: str, client: int = 1, **force) -> SoakJob:
     if kind == "off":
         args = dict(OFF_ARGS) if force.get("off_form", d.off_form.deal()) else None
-        return SoakJob(index, kind, client, "txt2img", args, {}, compare="off")
+        return SoakJob(index, kind, client, "txt2img", args, dict(OFF_SETTINGS), compare="off")
     if kind == "repeat":
         k = force.get("repeat", None)
         k = d.repeat.deal() if k is None else k
@@ -137,7 +150,7 @@ def _job(d: _Dealer, index: int, kind: str, client: int = 1, **force) -> SoakJob
         # long enough to be caught mid-way; two iterations so a skip has one to go on with; a
         # fixed sampler (DPM adaptive picks its own, often many, evaluations for the second one)
         args = {"enabled": True, "preset": f.preset.deal(), "readout": f.readout.deal()}
-        settings = {"steps": 6, "sampler_name": f.fixed_sampler.deal(), "cfg_scale": 2.5, "batch_size": 1,
+        settings = {"steps": 3, "sampler_name": f.fixed_sampler.deal(), "cfg_scale": 2.5, "batch_size": 1,
                     "n_iter": 2, "seed": f.seed()}
         return SoakJob(index, kind, client, "txt2img", args, settings, action=kind)
     args = {"enabled": True, "preset": f.preset.deal(), "show_attention": force.get("show", f.show.deal()),
