@@ -245,6 +245,43 @@ def test_repeated_jobs_are_compared_with_their_first_run_and_img2img_is_sent_twi
     assert f"the same as job {img2img[1].index}'s" in outcomes[2].problems[0]
 
 
+def test_the_compared_img2img_pair_has_no_other_clients_job_between_its_sends():
+    """The other client keeps sending while a compared img2img is sent twice: nothing of theirs may
+    reach the server between the two sends (nor be in flight when the pair starts)."""
+    import threading
+    import time
+
+    from soak_plan import make_plan
+
+    plan = make_plan(80, 1, FIXED_SAMPLERS)
+    pair = next(j for j in plan if j.compare == "repeat:3")
+    others = [j for j in plan if j.kind in ("random", "off")][:6]
+    at_server = threading.Lock()       # the server runs one request at a time
+    order = []
+
+    def answers(path, payload, sent):
+        with at_server:
+            order.append(("start", path))
+            time.sleep(0.02)
+            order.append(("end", path))
+        return _answer(b"\x01")
+
+    runner, _ = _runner(answers)
+
+    def other_client():
+        for job in others:
+            runner.run_job(job)
+
+    helper = threading.Thread(target=other_client)
+    helper.start()
+    time.sleep(0.03)                   # the other client has a request in flight
+    runner.run_job(pair)
+    helper.join()
+    img2img = [k for k, (what, path) in enumerate(order) if path == "/sdapi/v1/img2img"]
+    assert len(img2img) == 4 and img2img == list(range(img2img[0], img2img[0] + 4))
+    assert len(order) == 2 * (2 + len(others))
+
+
 def test_a_bad_input_must_come_back_with_the_rejection_note():
     from soak_plan import make_plan
 

@@ -3,6 +3,7 @@ or skipping it from another thread, the second client, the checks of each answer
 samples."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -36,6 +37,44 @@ class Outcome:
                 "refusal": self.refusal}
 
 
+class _Turns:
+    """Who may have a request at the server. Both clients' jobs run at once, except a pair of sends
+    that must follow each other with no other job between them (the compared img2img: on A1111 and
+    the Forge family the VAE encode of the init image samples with torch's global RNG, in the state
+    the job before left it, so an img2img's pixels depend on that job): the pair waits for the other
+    client's request in flight to end and holds the other client's next one back."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.in_flight = 0
+        self.pair = False
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self.cond:
+            self.cond.wait_for(lambda: not self.pair)
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.in_flight -= 1
+                self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self):
+        with self.cond:
+            self.cond.wait_for(lambda: not self.pair)
+            self.pair = True
+            self.cond.wait_for(lambda: self.in_flight == 0)
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.pair = False
+                self.cond.notify_all()
+
+
 def _error_text(exc: Exception) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         try:
@@ -52,6 +91,7 @@ class Runner:
         self.url, self.unit, self.hires, self.timeout, self.pid = url, unit, hires, timeout, pid
         self.init_image = face_image_b64(seed=5, size=64)
         self.lock = threading.Lock()
+        self.turns = _Turns()
         self.refs: dict[str, list[tuple[int, list[bytes]]]] = {}   # compare key → (job, pixels): the first, other results
         self.outcomes: list[Outcome] = []
         self.problems: list[str] = []
@@ -94,11 +134,15 @@ class Runner:
         t0 = time.monotonic()
         try:
             if job.compare and job.endpoint == "img2img":
-                # On A1111 an img2img right after another job differs from the identical img2img
-                # sent next, FastFace on or off (seen in the soak; test_real_webui.py's img2img
-                # test warms up for the same reason): the run compared is the second of two.
-                self.send(path, payload)
-            resp, error = self.send(path, payload), None
+                # An img2img right after another job differs from the identical img2img sent
+                # next, FastFace on or off (_Turns; test_real_webui.py's img2img test warms up
+                # for the same reason): the run compared is the second of two sent back to back.
+                with self.turns.alone():
+                    self.send(path, payload)
+                    resp, error = self.send(path, payload), None
+            else:
+                with self.turns.shared():
+                    resp, error = self.send(path, payload), None
         except Exception as exc:   # every failure is a finding, never the end of the soak
             resp, error = None, _error_text(exc)
         seconds = time.monotonic() - t0
@@ -123,7 +167,8 @@ class Runner:
         if not job.enabled:
             return ""
         try:
-            self.send(*self.payload(job, fastface={"enabled": False}))
+            with self.turns.shared():
+                self.send(*self.payload(job, fastface={"enabled": False}))
             return "answers"
         except Exception as exc:
             return _error_text(exc)
