@@ -132,17 +132,15 @@ class Runner:
         if actor:
             actor.start()
         t0 = time.monotonic()
+        # An img2img right after another job differs from the identical img2img sent next,
+        # FastFace on or off (_Turns; test_real_webui.py's img2img test warms up for the same
+        # reason): the run compared is the second of two sent back to back.
+        paired = bool(job.compare) and job.endpoint == "img2img"
         try:
-            if job.compare and job.endpoint == "img2img":
-                # An img2img right after another job differs from the identical img2img sent
-                # next, FastFace on or off (_Turns; test_real_webui.py's img2img test warms up
-                # for the same reason): the run compared is the second of two sent back to back.
-                with self.turns.alone():
+            with self.turns.alone() if paired else self.turns.shared():
+                if paired:
                     self.send(path, payload)
-                    resp, error = self.send(path, payload), None
-            else:
-                with self.turns.shared():
-                    resp, error = self.send(path, payload), None
+                resp, error = self.send(path, payload), None
         except Exception as exc:   # every failure is a finding, never the end of the soak
             resp, error = None, _error_text(exc)
         seconds = time.monotonic() - t0
