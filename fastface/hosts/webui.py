@@ -17,7 +17,7 @@ from ..infotext import (INFOTEXT_KEY, VERSION_KEY, changed_fields, expand_pasted
                         ui_values)
 from ..presets import PRESETS, apply_preset, from_script_args, validate
 from ..version import commit_label, extension_folder, startup_line
-from . import host_info, recording
+from . import heap, host_info, recording
 from .common import NOTE_KEY, TRACE_KEY, Job, PatchSet, log, note_value, rejected_note
 from . import readout
 
@@ -299,6 +299,8 @@ def postprocess(p, *args) -> None:
             p.extra_generation_params[key] = final[key]
         else:
             p.extra_generation_params.pop(key, None)
+    # last: the job's tensors are freed by now; what the host keeps (the images) is live and stays
+    heap.release_freed_heap()
 
 
 # -- callbacks (registered once, at import of the script) --------------------------------------------
