@@ -13,6 +13,8 @@ import pytest
 from fastface.hosts import heap, webui
 from fastface.hosts.common import PatchSet
 
+from test_webui_glue import job_p
+
 
 @pytest.fixture
 def trims(monkeypatch):
@@ -22,7 +24,7 @@ def trims(monkeypatch):
 
 
 def run_job(script_args):
-    p = SimpleNamespace(extra_generation_params={}, sd_model=SimpleNamespace())
+    p = job_p()
     webui.process(p, script_args)
     webui.postprocess(p, None)
     assert not PatchSet.live
